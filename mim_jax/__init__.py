@@ -1,0 +1,1 @@
+"""mim_jax: masked image modeling with semantic teachers, in JAX/Flax."""

@@ -1,0 +1,113 @@
+"""Config helpers: the ViT size table, variant codes, durations, and config validation.
+
+Configs themselves live in `configs/` as Python files with `get_config(arg)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping, Optional
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  width: int
+  depth: int
+  heads: int
+  mlp_dim: int
+
+
+# One table for every ViT size in the codebase (students, decoders, teachers' shapes).
+# "nano" and "micro" are test/demo sizes that train in seconds on a CPU.
+SIZES: dict[str, Size] = {
+    "nano": Size(width=32, depth=2, heads=2, mlp_dim=64),
+    "micro": Size(width=64, depth=4, heads=4, mlp_dim=128),
+    "mini": Size(width=128, depth=6, heads=4, mlp_dim=512),
+    "Ti": Size(width=192, depth=12, heads=3, mlp_dim=768),
+    "S": Size(width=384, depth=12, heads=6, mlp_dim=1536),
+    "B": Size(width=768, depth=12, heads=12, mlp_dim=3072),
+    "L": Size(width=1024, depth=24, heads=16, mlp_dim=4096),
+    "H": Size(width=1280, depth=32, heads=16, mlp_dim=5120),
+}
+
+
+def decode_variant(variant: str) -> tuple[Size, int]:
+  """'B/16' -> (Size(768, 12, 12, 3072), 16)."""
+  name, sep, patch = variant.partition("/")
+  if not sep or name not in SIZES or not patch.isdigit():
+    raise ValueError(f"Bad ViT variant {variant!r}: expected '<size>/<patch>' with size in "
+                     f"{list(SIZES)}, e.g. 'B/16'.")
+  return SIZES[name], int(patch)
+
+
+def steps_from(config: Mapping[str, Any], prefix: str, *, steps_per_epoch: Optional[int] = None,
+               total_steps: Optional[int] = None, batch_size: Optional[int] = None,
+               default: Optional[int] = None) -> Optional[int]:
+  """Turns `{prefix}_steps | _epochs | _examples | _percent` of a config into a step count.
+
+  Exactly one of the four may be set (big_vision's convention). Percent is of `total_steps`.
+  """
+  keys = {u: f"{prefix}_{u}" for u in ("steps", "epochs", "examples", "percent")}
+  given = {u: config.get(k) for u, k in keys.items() if config.get(k) is not None}
+  if len(given) > 1:
+    raise ValueError(f"Set only one of {sorted(keys[u] for u in given)}.")
+  if not given:
+    return default
+  (unit, value), = given.items()
+  if unit == "steps":
+    return int(value)
+  if unit == "epochs":
+    if steps_per_epoch is None:
+      raise ValueError(f"{keys['epochs']} needs the dataset size to convert epochs to steps.")
+    return int(round(value * steps_per_epoch))
+  if unit == "examples":
+    if batch_size is None:
+      raise ValueError(f"{keys['examples']} needs the batch size.")
+    return int(round(value / batch_size))
+  if total_steps is None:
+    raise ValueError(f"{keys['percent']} needs the total number of steps.")
+  return int(round(value * total_steps))
+
+
+def should_run(step: int, every: Optional[int], total_steps: int) -> bool:
+  """The one predicate for periodic work: every `every` steps and at the last step."""
+  if not every:
+    return False
+  return step % every == 0 or step == total_steps
+
+
+def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses 'variant=B/16,runlocal=True' into a ConfigDict typed by the defaults."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r}; known: {sorted(defaults)}.")
+    if not sep:
+      value = "True"
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.lower() in ("1", "true", "yes")
+    elif defaults[key] is None:
+      out[key] = value
+    else:
+      out[key] = kind(value)
+  return ml_collections.ConfigDict(out)
+
+
+def closest_key(config: ml_collections.ConfigDict, dotted: str) -> Optional[str]:
+  """The valid dotted key closest to a misspelt one, for error messages."""
+  keys = list(flat_keys(config))
+  match = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.5)
+  return match[0] if match else None
+
+
+def flat_keys(config: Any, prefix: str = ""):
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from flat_keys(value, path + ".")
+    else:
+      yield path

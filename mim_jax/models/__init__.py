@@ -1,0 +1,1 @@
+"""Flax linen models: the student ViT, heads and decoders; shared layers."""

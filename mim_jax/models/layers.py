@@ -1,0 +1,340 @@
+"""Transformer building blocks shared by the student, the decoders and the teachers.
+
+One block implementation serves every ViT in the codebase: the converters of the teachers map
+their checkpoints onto these parameter names, so there is a single attention and a single MLP to
+optimise and to shard.
+
+Precision: parameters are always float32. `dtype="bfloat16"` makes every matmul take bfloat16
+inputs and accumulate in float32 (`preferred_element_type`), the form XLA sends to its fast
+kernels on CPU and that TPUs run natively; the backward matmuls are bfloat16 too (custom VJP).
+Everything else (LayerNorm, softmax, residual stream) stays float32.
+
+Logical axis names used for sharding: batch, length, embed, heads, kv, mlp, vocab.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+F32 = jnp.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Mixed-precision einsum with bfloat16 backward.
+# --------------------------------------------------------------------------------------------
+def _transpose_specs(spec: str) -> tuple[str, str]:
+  """For 'A,B->C' returns the specs of the two cotangents: 'C,B->A' and 'A,C->B'."""
+  ins, out = spec.split("->")
+  a, b = ins.split(",")
+  return f"{out},{b}->{a}", f"{a},{out}->{b}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mixed_einsum(spec: str, dtype: Dtype, a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=F32)
+
+
+def _mixed_einsum_fwd(spec, dtype, a, b):
+  a_c, b_c = a.astype(dtype), b.astype(dtype)
+  out = jnp.einsum(spec, a_c, b_c, preferred_element_type=F32)
+  # Residuals keep the original dtypes' zeros so the cotangents come back in them.
+  return out, (a_c, b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+
+
+def _mixed_einsum_bwd(spec, dtype, res, g):
+  a_c, b_c, a_proto, b_proto = res
+  spec_a, spec_b = _transpose_specs(spec)
+  g_c = g.astype(dtype)
+  da = jnp.einsum(spec_a, g_c, b_c, preferred_element_type=F32)
+  db = jnp.einsum(spec_b, a_c, g_c, preferred_element_type=F32)
+  return da.astype(a_proto.dtype), db.astype(b_proto.dtype)
+
+
+_mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32) -> jax.Array:
+  """Einsum of two operands with inputs cast to `dtype` and a float32 result.
+
+  Every index of an operand must appear in the other operand or in the output (true of every
+  matmul here), so that the backward pass is two einsums of the same kind.
+  """
+  if jnp.dtype(dtype) == jnp.dtype(F32):
+    return jnp.einsum(spec, a, b, preferred_element_type=F32)
+  return _mixed_einsum(spec, jnp.dtype(dtype), a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisers.
+# --------------------------------------------------------------------------------------------
+def xavier_uniform_fused(fan_in: int, fan_out: int) -> Callable:
+  """Xavier-uniform for a kernel stored with extra axes (e.g. [D, 3, H, Dh])."""
+  limit = (6.0 / (fan_in + fan_out)) ** 0.5
+
+  def init(key, shape, dtype=F32):
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+  return init
+
+
+def trunc_normal(std: float = 0.02) -> Callable:
+  """Truncated normal in [-2 std, 2 std], timm's trunc_normal_(std) convention."""
+
+  def init(key, shape, dtype=F32):
+    return std * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+  return init
+
+
+def partitioned(init: Callable, names: Sequence[Optional[str]]) -> Callable:
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+# --------------------------------------------------------------------------------------------
+# Layers.
+# --------------------------------------------------------------------------------------------
+class Dense(nn.Module):
+  """y = x @ W + b over the last axis, with logical names for the kernel axes."""
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = F32
+  kernel_axes: tuple[Optional[str], Optional[str]] = ("embed", "mlp")
+  kernel_init: Callable = nn.initializers.xavier_uniform()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", partitioned(self.kernel_init, self.kernel_axes),
+                        (x.shape[-1], self.features), F32)
+    lead = x.shape[:-1]
+    y = einsum("ni,io->no", x.reshape(-1, x.shape[-1]), kernel, self.dtype)
+    y = y.reshape(*lead, self.features)
+    if self.use_bias:
+      y = y + self.param("bias", partitioned(self.bias_init, self.kernel_axes[1:]),
+                         (self.features,), F32)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm in float32 with logical names on scale and bias."""
+  epsilon: float = 1e-6
+  use_affine: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(F32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    if self.use_affine:
+      d = x.shape[-1]
+      y = y * self.param("scale", partitioned(nn.initializers.ones, ("embed",)), (d,), F32)
+      y = y + self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (d,), F32)
+    return y
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """LayerNorm without affine over the last axis (targets, analysis)."""
+  return LayerNorm(epsilon=eps, use_affine=False).apply({}, x)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact erf GELU (torch default)
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": quick_gelu,
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; known: {sorted(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per example (rng stream 'dropout')."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / keep, 0.0)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv kernel [D, 3, H, Dh].
+
+  Explicit softmax attention (faster than jax.nn.dot_product_attention on CPU, and it gives the
+  probabilities for free). `bias` is added to the logits: relative position bias, [H, L, L] or
+  [B, H, L, L]. Returns (out [B, L, D], probs [B, H, L, L] or None).
+  """
+  num_heads: int
+  qkv_bias: bool = True
+  dtype: Dtype = F32
+  attn_drop: float = 0.0
+  qkv_init: Optional[Callable] = None
+  out_init: Callable = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: Optional[jax.Array] = None,
+               deterministic: bool = True, return_probs: bool = False):
+    b, l, d = x.shape
+    h = self.num_heads
+    if d % h:
+      raise ValueError(f"width {d} is not divisible by num_heads {h}")
+    dh = d // h
+    qkv_init = self.qkv_init or xavier_uniform_fused(d, 3 * d)
+    w_qkv = self.param("qkv_kernel", partitioned(qkv_init, ("embed", None, "heads", "kv")),
+                       (d, 3, h, dh), F32)
+    qkv = einsum("bld,dthk->tblhk", x, w_qkv, self.dtype)
+    if self.qkv_bias:
+      qkv = qkv + self.param("qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")),
+                             (3, h, dh), F32)[:, None, None]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    logits = einsum("bqhk,bshk->bhqs", q * (dh ** -0.5), k, self.dtype)
+    if bias is not None:
+      logits = logits + bias
+    probs = jax.nn.softmax(logits, axis=-1)
+    dropped = probs
+    if self.attn_drop > 0.0 and not deterministic:
+      dropped = nn.Dropout(self.attn_drop)(probs, deterministic=False)
+    out = einsum("bhqs,bshk->bqhk", dropped, v, self.dtype)
+    w_out = self.param("out_kernel", partitioned(
+        lambda key, shape, dtype=F32: self.out_init(key, (d, d), dtype).reshape(shape),
+        ("heads", "kv", "embed")), (h, dh, d), F32)
+    y = einsum("bqhk,hkd->bqd", out, w_out, self.dtype)
+    y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (d,), F32)
+    return y, (probs if return_probs else None)
+
+
+class Mlp(nn.Module):
+  hidden: int
+  act: str = "gelu"
+  dtype: Dtype = F32
+  fc2_init: Callable = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    y = Dense(self.hidden, dtype=self.dtype, kernel_axes=("embed", "mlp"), name="fc1")(x)
+    y = activation(self.act)(y)
+    y = nn.with_logical_constraint(y, ("batch", "length", "mlp"))
+    return Dense(d, dtype=self.dtype, kernel_axes=("mlp", "embed"),
+                 kernel_init=self.fc2_init, name="fc2")(y)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block: x + DropPath(ls1 * Attn(LN(x))), then the same with the MLP.
+
+  Returns (x, attention probabilities or None).
+  """
+  num_heads: int
+  mlp_dim: int
+  act: str = "gelu"
+  ln_eps: float = 1e-6
+  qkv_bias: bool = True
+  drop_path: float = 0.0
+  attn_drop: float = 0.0
+  layer_scale: Optional[float] = None
+  dtype: Dtype = F32
+  qkv_init: Optional[Callable] = None
+  out_init: Callable = nn.initializers.xavier_uniform()
+  fc2_init: Callable = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: Optional[jax.Array] = None,
+               deterministic: bool = True, return_probs: bool = False):
+    y, probs = Attention(self.num_heads, self.qkv_bias, self.dtype, self.attn_drop,
+                         self.qkv_init, self.out_init, name="attn")(
+                             LayerNorm(self.ln_eps, name="ln1")(x), bias, deterministic,
+                             return_probs)
+    x = x + DropPath(self.drop_path)(self._scale(y, "ls1"), deterministic)
+    y = Mlp(self.mlp_dim, self.act, self.dtype, self.fc2_init, name="mlp")(
+        LayerNorm(self.ln_eps, name="ln2")(x))
+    x = x + DropPath(self.drop_path)(self._scale(y, "ls2"), deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return x, probs
+
+  def _scale(self, y: jax.Array, name: str) -> jax.Array:
+    if self.layer_scale is None:
+      return y
+    gamma = self.param(name, partitioned(nn.initializers.constant(self.layer_scale), ("embed",)),
+                       (y.shape[-1],), F32)
+    return y * gamma
+
+
+# --------------------------------------------------------------------------------------------
+# Patch embedding and position embeddings.
+# --------------------------------------------------------------------------------------------
+def patchify(images: jax.Array, patch: int) -> jax.Array:
+  """[B, H, W, C] -> [B, N, p*p*C], patches in row-major order, pixels (p, q, c) inside."""
+  b, hh, ww, c = images.shape
+  gh, gw = hh // patch, ww // patch
+  x = images.reshape(b, gh, patch, gw, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, gh * gw, patch * patch * c)
+
+
+class PatchEmbed(nn.Module):
+  """Conv with stride = kernel = patch, as a matmul on flattened (p, q, c) patches.
+
+  The kernel is stored as [p, p, C, D] (HWIO, like a Flax conv).
+  """
+  patch: int
+  width: int
+  use_bias: bool = True
+  dtype: Dtype = F32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    c = images.shape[-1]
+    fan_in = self.patch * self.patch * c
+
+    def init(key, shape, dtype=F32):  # xavier-uniform on the flattened kernel (MAE)
+      return xavier_uniform_fused(fan_in, self.width)(key, shape, dtype)
+
+    kernel = self.param("kernel", partitioned(init, (None, None, None, "embed")),
+                        (self.patch, self.patch, c, self.width), F32)
+    x = patchify(images, self.patch)
+    y = einsum("bnk,kd->bnd", x, kernel.reshape(fan_in, self.width), self.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", partitioned(nn.initializers.zeros, ("embed",)),
+                         (self.width,), F32)
+    return y
+
+
+def posemb_sincos_2d(grid: tuple[int, int], width: int, cls_token: bool = False) -> jax.Array:
+  """MAE's fixed 2-D sin-cos embedding, [gh*gw (+1), width].
+
+  The first width/2 channels encode the column (x) index, the second width/2 the row (y); each
+  half is [sin, cos] with omega_i = 1 / 10000^(i / (width/4)). With `cls_token` a zero row is
+  prepended. (Not big_vision's variant, whose omega is i / (width/4 - 1).)
+  """
+  if width % 4:
+    raise ValueError(f"sin-cos position embedding needs width % 4 == 0, got {width}")
+  gh, gw = grid
+  omega = 1.0 / 10000 ** (jnp.arange(width // 4, dtype=F32) / (width / 4.0))
+  ys, xs = jnp.meshgrid(jnp.arange(gh, dtype=F32), jnp.arange(gw, dtype=F32), indexing="ij")
+
+  def emb(pos):
+    out = pos.reshape(-1)[:, None] * omega[None, :]
+    return jnp.concatenate([jnp.sin(out), jnp.cos(out)], axis=1)
+
+  pe = jnp.concatenate([emb(xs), emb(ys)], axis=1).astype(F32)
+  if cls_token:
+    pe = jnp.concatenate([jnp.zeros((1, width), F32), pe], axis=0)
+  return pe
