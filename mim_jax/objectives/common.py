@@ -1,0 +1,64 @@
+"""Pieces shared by the objectives: the student from a config, target norms, regression losses."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mim_jax.models import layers
+from mim_jax.models.vit import ViT
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  """The matmul input dtype: 'float32' or 'bfloat16' (parameters stay float32)."""
+  name = config.get("precision", "float32")
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"precision must be 'float32' or 'bfloat16', got {name!r}.")
+  return jnp.dtype(name)
+
+
+def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT:
+  s = config.student
+  kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
+                dtype=compute_dtype(config))
+  kwargs.update(overrides)
+  return ViT.from_variant(s.variant, **kwargs)
+
+
+def normalize_target(x: jax.Array, norm: str, eps: float = 1e-5) -> jax.Array:
+  """Target normalisation over the last axis or the whole tensor.
+
+  "ln": LayerNorm without affine per token; "bn": the whole tensor standardised by its global
+  mean and variance (what MaskAlign's code calls bn); "l2": unit vectors; "none".
+  """
+  x = x.astype(jnp.float32)
+  if norm == "ln":
+    return layers.layer_norm(x, eps)
+  if norm == "bn":
+    return (x - x.mean()) * jax.lax.rsqrt(x.var() + eps)
+  if norm == "l2":
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
+  if norm == "none":
+    return x
+  raise ValueError(f"Unknown target norm {norm!r}: use 'ln', 'bn', 'l2' or 'none'.")
+
+
+def regression_loss(pred: jax.Array, target: jax.Array, kind: str, beta: float = 1.0
+                    ) -> jax.Array:
+  """Element-wise loss [..., D] (or per token [...] for "cosine").
+
+  "smooth_l1": 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (torch's convention);
+  "l2"/"mse": d^2; "l1": |d|; "cosine": 1 - cos(pred, target) per token.
+  """
+  d = pred.astype(jnp.float32) - target
+  if kind == "smooth_l1":
+    a = jnp.abs(d)
+    return jnp.where(a < beta, 0.5 * d * d / beta, a - 0.5 * beta)
+  if kind in ("l2", "mse"):
+    return d * d
+  if kind == "l1":
+    return jnp.abs(d)
+  if kind == "cosine":
+    unit = lambda v: v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, -1, keepdims=True), 1e-12))
+    return 1.0 - jnp.sum(unit(pred.astype(jnp.float32)) * unit(target), -1)
+  raise ValueError(f"Unknown loss {kind!r}: use 'smooth_l1', 'l2', 'l1' or 'cosine'.")

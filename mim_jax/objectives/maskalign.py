@@ -1,0 +1,145 @@
+"""MaskAlign: align the visible-token features of a masked student with a frozen teacher.
+
+The student sees [CLS, visible patches] (attentive masking, r = 0.7). Each block's output
+(before the final norm) is stacked, fused by the Dynamic Alignment matrix W [T, S]
+(`fused_j = sum_i W[j, i] x_i`, as the public code does it), and each used teacher layer j has
+its own adaptor A_j (Linear student_dim -> teacher_dim, or a 2-layer MLP). Targets: the
+teacher's block outputs normalised over the FULL sequence, then gathered at CLS + ids_keep.
+
+Loss = sum_j w_j * loss(A_j(fused_j), target_j) with top-K weights by default.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mim_jax.models import layers
+from mim_jax.models.vit import ViT, gather_tokens
+from mim_jax.objectives import common
+
+F32 = jnp.float32
+
+
+def layer_weights(kind: str, num_layers: int, k: int = 5) -> tuple[float, ...]:
+  """Loss weights over the teacher's T layers.
+
+  "top_k": [0]*(T-K) + [1/K]*K; "out": the last layer only; "mean": 1/T each;
+  "mid_k": 1/K on the K layers centred on the middle of the stack.
+  """
+  t = num_layers
+  if kind == "top_k":
+    k = min(k, t)
+    return (0.0,) * (t - k) + (1.0 / k,) * k
+  if kind == "out":
+    return (0.0,) * (t - 1) + (1.0,)
+  if kind == "mean":
+    return (1.0 / t,) * t
+  if kind == "mid_k":
+    k = min(k, t)
+    start = (t - k) // 2
+    return tuple(1.0 / k if start <= i < start + k else 0.0 for i in range(t))
+  raise ValueError(f"Unknown layer weighting {kind!r}: use 'top_k', 'out', 'mean' or 'mid_k'.")
+
+
+def alignment_init(teacher_depth: int, student_depth: int) -> Callable:
+  """Identity + 0.01 when depths match, else uniform 1/S (public MaskAlign code)."""
+  def init(key, shape, dtype=F32):
+    del key
+    if teacher_depth == student_depth:
+      return jnp.eye(student_depth, dtype=dtype) + 0.01
+    return jnp.full(shape, 1.0 / student_depth, dtype)
+  return init
+
+
+class Adaptor(nn.Module):
+  """Linear (xavier) or 2-layer MLP from the student width to the teacher width."""
+  features: int
+  kind: str = "linear"
+  dtype: Any = F32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.kind == "linear":
+      return layers.Dense(self.features, dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
+    if self.kind == "mlp":
+      x = layers.Dense(self.features, dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
+      x = layers.activation("gelu")(x)
+      return layers.Dense(self.features, dtype=self.dtype, kernel_axes=("mlp", "embed"))(x)
+    raise ValueError(f"Unknown adaptor {self.kind!r}: use 'linear' or 'mlp'.")
+
+
+class MaskAlignModel(nn.Module):
+  """Student + Dynamic Alignment + adaptors. Output: {"preds": {j: [B, 1+n, Dt]}}."""
+  student: ViT
+  teacher_width: int
+  teacher_depth: int
+  used_layers: Sequence[int]  # teacher layers with a non-zero loss weight
+  adaptor: str = "linear"
+  alignment: str = "dynamic"  # "dynamic" (matrix W) | "layerwise" (student i -> teacher i)
+
+  @nn.compact
+  def __call__(self, images: jax.Array, masks: Any, *, train: bool = False) -> dict:
+    _, aux = self.student(images, masks.ids_keep, train=train)
+    blocks = aux["blocks"]
+    s, t = len(blocks), self.teacher_depth
+    if self.alignment == "dynamic":
+      w = self.param("alignment", alignment_init(t, s), (t, s), F32)
+      stacked = jnp.stack(blocks)  # [S, B, L, D]
+      fused = {j: jnp.einsum("s,sbld->bld", w[j], stacked) for j in self.used_layers}
+    elif self.alignment == "layerwise":
+      if s != t:
+        raise ValueError(f"Layer-wise alignment needs equal depths: student {s} blocks vs "
+                         f"teacher {t}; use alignment='dynamic'.")
+      fused = {j: blocks[j] for j in self.used_layers}
+    else:
+      raise ValueError(f"Unknown alignment {self.alignment!r}: use 'dynamic' or 'layerwise'.")
+    preds = {j: Adaptor(self.teacher_width, self.adaptor, self.student.dtype,
+                        name=f"adaptor{j}")(fused[j]) for j in self.used_layers}
+    return {"preds": preds}
+
+
+def make_model(config: ml_collections.ConfigDict, teacher: Any) -> MaskAlignModel:
+  obj = config.objective
+  weights = layer_weights(obj.layer_weights, teacher.depth, obj.top_k)
+  return MaskAlignModel(
+      student=common.make_student(config), teacher_width=teacher.width,
+      teacher_depth=teacher.depth,
+      used_layers=tuple(j for j, w in enumerate(weights) if w > 0),
+      adaptor=obj.adaptor, alignment=obj.alignment)
+
+
+def targets(hidden: jax.Array, ids_keep: jax.Array, norm: str) -> jax.Array:
+  """Teacher block output [B, 1+N, D] -> normalised over the full sequence, then gathered
+  at CLS + ids_keep: [B, 1+n, D]."""
+  hidden = common.normalize_target(hidden, norm)
+  cls = hidden[:, :1]
+  return jnp.concatenate([cls, gather_tokens(hidden[:, 1:], ids_keep)], axis=1)
+
+
+def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
+            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  obj = config.objective
+  hidden = teacher_out["hidden_states"][1:]  # outputs of each teacher block
+  weights = layer_weights(obj.layer_weights, len(hidden), obj.top_k)
+  total, metrics = jnp.zeros((), F32), {}
+  for j, pred in out["preds"].items():
+    target = targets(hidden[j], masks.ids_keep, obj.target_norm)
+    if not obj.align_cls:
+      pred, target = pred[:, 1:], target[:, 1:]
+    # The public code doubles smooth-L1 so that it equals L2 near zero.
+    scale = 2.0 if obj.loss == "smooth_l1" else 1.0
+    per_layer = scale * common.regression_loss(pred, target, obj.loss, beta=obj.beta).mean()
+    metrics[f"loss/layer{j}"] = per_layer
+    total = total + weights[j] * per_layer
+  return total, metrics
+
+
+def default_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      adaptor="linear", alignment="dynamic", layer_weights="top_k", top_k=5,
+      target_norm="ln", align_cls=True, loss="smooth_l1", beta=1.0))
+

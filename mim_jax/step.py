@@ -1,0 +1,172 @@
+"""The train state, its born-sharded initialisation, and the one jitted train step.
+
+The same step serves every method: teacher forward (frozen, stop_gradient) -> masks ->
+student + heads (the objective's model) -> objective loss -> AdamW update. The teacher's
+parameters are an argument of the step, never part of the state or the optimizer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from mim_jax import masking
+from mim_jax import sharding as sharding_lib
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: number of updates applied
+  params: PyTree
+  opt_state: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What the step needs besides arrays; built once per run."""
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  objective: Any  # module with loss_fn
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  mesh: Mesh
+  teacher: Optional[Any] = None  # mim_jax.teachers.Teacher (static); its params travel apart
+
+  @property
+  def num_patches(self) -> int:
+    return self.model_student().num_patches
+
+  def model_student(self):
+    return getattr(self.model, "student", self.model)
+
+
+def _mask_kind(config) -> str:
+  return config.mask.kind if config.get("mask") else "none"
+
+
+def dummy_masks(setup: Setup, batch: int) -> masking.Masks:
+  """Masks of the right static shapes for `init` and ahead-of-time compilation."""
+  n = setup.num_patches
+  kind = _mask_kind(setup.config)
+  if kind == "none":
+    return masking.no_masks(batch, n)
+  return masking.random_masks(jax.random.key(0), batch, n, setup.config.mask.ratio)
+
+
+def _init_params(setup: Setup, rng: jax.Array, batch: int = 2) -> PyTree:
+  size = setup.config.data.image_size
+  images = jnp.zeros((batch, size, size, 3), jnp.float32)
+  variables = setup.model.init({"params": rng, "dropout": rng}, images,
+                               dummy_masks(setup, batch), train=False)
+  return variables["params"]
+
+
+def state_shardings(setup: Setup) -> tuple[TrainState, TrainState]:
+  """(abstract unboxed state, its shardings). Parameters follow the logical rules; optimizer
+  moments follow their parameters; scalars are replicated."""
+  boxed = jax.eval_shape(lambda r: _init_params(setup, r), jax.random.key(0))
+  param_sh = sharding_lib.logical_shardings(boxed, setup.mesh)
+  params = nn.unbox(boxed)
+  opt_state = jax.eval_shape(setup.tx.init, params)
+  repl = sharding_lib.replicated(setup.mesh)
+  opt_sh = optax.tree_map_params(setup.tx, lambda _, s: s, opt_state, param_sh,
+                                 transform_non_params=lambda _: repl)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                        opt_state=opt_state)
+  return abstract, TrainState(step=repl, params=param_sh, opt_state=opt_sh)
+
+
+def init_state(setup: Setup, rng: jax.Array) -> TrainState:
+  """Parameters are born sharded: `jit(init, out_shardings=...)` never materialises them on
+  one device."""
+  _, shardings = state_shardings(setup)
+
+  def init(r):
+    params = nn.unbox(_init_params(setup, r))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=setup.tx.init(params))
+
+  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
+    return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def compute_masks(setup: Setup, rng: jax.Array, batch: dict, teacher_out: Optional[dict]
+                  ) -> masking.Masks:
+  config = setup.config
+  kind = _mask_kind(config)
+  importance = None
+  if kind in ("attentive", "focused"):
+    attn = teacher_out["attn"][setup.teacher.depth - 1]
+    importance = masking.cls_attention_importance(attn)
+  return masking.make_masks(
+      kind, rng, batch=batch["image"].shape[0], num_patches=setup.num_patches,
+      ratio=config.mask.get("ratio", 0.0) if kind != "none" else 0.0,
+      importance=importance, binary=batch.get("mask"))
+
+
+def teacher_forward(setup: Setup, teacher_params: PyTree, images: jax.Array) -> Optional[dict]:
+  if setup.teacher is None:
+    return None
+  attn_layers = ((setup.teacher.depth - 1,) if _mask_kind(setup.config) in
+                 ("attentive", "focused") else ())
+  out = setup.teacher.apply(teacher_params, images, attn_layers=attn_layers)
+  return jax.lax.stop_gradient(out)
+
+
+def train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: dict
+               ) -> tuple[TrainState, dict]:
+  """One update. batch: {"image": [B, H, W, 3] float32, optional "mask": [B, N]}."""
+  rng = jax.random.fold_in(jax.random.key(setup.config.seed), state.step)
+  rng_mask, rng_drop = jax.random.split(rng)
+  teacher_out = teacher_forward(setup, teacher_params, batch["image"])
+  masks = compute_masks(setup, rng_mask, batch, teacher_out)
+
+  def loss_of(params):
+    out = setup.model.apply({"params": params}, batch["image"], masks, train=True,
+                            rngs={"dropout": rng_drop})
+    return setup.objective.loss_fn(out, teacher_out, masks, batch, setup.config)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, loss=loss, lr=setup.schedule(state.step),
+                 grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                 update_norm=optax.global_norm(updates))
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def batch_shardings(mesh: Mesh, batch_spec: dict) -> dict:
+  """Every batch entry is split over (data, fsdp) along its leading axis."""
+  return {k: sharding_lib.batch_sharding(mesh, len(v.shape)) for k, v in batch_spec.items()}
+
+
+def jit_train_step(setup: Setup, batch_spec: dict, teacher_shardings: PyTree = None
+                   ) -> Callable[[TrainState, PyTree, dict], tuple[TrainState, dict]]:
+  """The jitted step with shardings fixed and the state donated.
+
+  Call it inside `with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES)`, or use the
+  returned wrapper, which enters them for you.
+  """
+  _, state_sh = state_shardings(setup)
+  repl = sharding_lib.replicated(setup.mesh)
+  jitted = jax.jit(
+      lambda s, t, b: train_step(setup, s, t, b),
+      in_shardings=(state_sh, teacher_shardings if teacher_shardings is not None else repl,
+                    batch_shardings(setup.mesh, batch_spec)),
+      out_shardings=(state_sh, repl), donate_argnums=(0,))
+
+  def run(state, teacher_params, batch):
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
+      return jitted(state, teacher_params, batch)
+
+  run.jitted = jitted
+  return run
