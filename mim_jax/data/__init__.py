@@ -1,0 +1,1 @@
+"""Input pipelines: TFDS sources, preprocessing, per-host batching, host-side block masks."""
