@@ -28,10 +28,15 @@ F32 = jnp.float32
 # Mixed-precision einsum with bfloat16 backward.
 # --------------------------------------------------------------------------------------------
 def _transpose_specs(spec: str) -> tuple[str, str]:
-  """For 'A,B->C' returns the specs of the two cotangents: 'C,B->A' and 'A,C->B'."""
+  """For 'A,B->C' returns the specs of the two cotangents: 'C,B->A' and 'C,A->B'.
+
+  The cotangent comes first in both: jaxlib 0.10.2's CPU DotThunk rejects some batched
+  bf16 x bf16 -> f32 dots (e.g. 'bqhk,bhqs->bshk', the key gradient of attention) that it runs
+  with the operands swapped. tests/test_layers.py pins this at ViT-B shapes.
+  """
   ins, out = spec.split("->")
   a, b = ins.split(",")
-  return f"{out},{b}->{a}", f"{a},{out}->{b}"
+  return f"{out},{b}->{a}", f"{out},{a}->{b}"
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -51,7 +56,7 @@ def _mixed_einsum_bwd(spec, dtype, res, g):
   spec_a, spec_b = _transpose_specs(spec)
   g_c = g.astype(dtype)
   da = jnp.einsum(spec_a, g_c, b_c, preferred_element_type=F32)
-  db = jnp.einsum(spec_b, a_c, g_c, preferred_element_type=F32)
+  db = jnp.einsum(spec_b, g_c, a_c, preferred_element_type=F32)
   return da.astype(a_proto.dtype), db.astype(b_proto.dtype)
 
 
@@ -200,24 +205,26 @@ class Attention(nn.Module):
     qkv_init = self.qkv_init or xavier_uniform_fused(d, 3 * d)
     w_qkv = self.param("qkv_kernel", partitioned(qkv_init, ("embed", None, "heads", "kv")),
                        (d, 3, h, dh), F32)
-    qkv = einsum("bld,dthk->tblhk", x, w_qkv, self.dtype)
+    # Head-major [B, H, L, Dh] operands: jaxlib 0.10.2's CPU DotThunk rejects some backward
+    # dots of the [B, L, H, Dh] layout in bf16 (tests/test_layers.py pins the working form).
+    qkv = einsum("bld,dthk->tbhlk", x, w_qkv, self.dtype)
     if self.qkv_bias:
       qkv = qkv + self.param("qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")),
-                             (3, h, dh), F32)[:, None, None]
+                             (3, h, dh), F32)[:, None, :, None]
     q, k, v = qkv[0], qkv[1], qkv[2]
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-    logits = einsum("bqhk,bshk->bhqs", q * (dh ** -0.5), k, self.dtype)
+    q = nn.with_logical_constraint(q, ("batch", "heads", "length", "kv"))
+    logits = einsum("bhqk,bhsk->bhqs", q * (dh ** -0.5), k, self.dtype)
     if bias is not None:
       logits = logits + bias
     probs = jax.nn.softmax(logits, axis=-1)
     dropped = probs
     if self.attn_drop > 0.0 and not deterministic:
       dropped = nn.Dropout(self.attn_drop)(probs, deterministic=False)
-    out = einsum("bhqs,bshk->bqhk", dropped, v, self.dtype)
+    out = einsum("bhqs,bhsk->bhqk", dropped, v, self.dtype)
     w_out = self.param("out_kernel", partitioned(
         lambda key, shape, dtype=F32: self.out_init(key, (d, d), dtype).reshape(shape),
         ("heads", "kv", "embed")), (h, dh, d), F32)
-    y = einsum("bqhk,hkd->bqd", out, w_out, self.dtype)
+    y = einsum("bhqk,hkd->bqd", out, w_out, self.dtype)
     y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (d,), F32)
     return y, (probs if return_probs else None)
 

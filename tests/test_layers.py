@@ -1,0 +1,71 @@
+"""Shared layers: mixed-precision einsum (forward and custom backward), attention maths."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mim_jax.models import layers
+
+
+def test_transpose_specs():
+  assert layers._transpose_specs("ni,io->no") == ("no,io->ni", "no,ni->io")
+
+
+@pytest.mark.parametrize("spec,sa,sb", [
+    ("ni,io->no", (6, 5), (5, 4)),
+    ("bhqk,bhsk->bhqs", (2, 2, 3, 4), (2, 2, 5, 4)),  # batched, as in attention
+    ("bhqs,bhsk->bhqk", (2, 2, 3, 5), (2, 2, 5, 4)),
+])
+def test_bf16_einsum_matches_f32_forward_and_backward(spec, sa, sb):
+  a = jax.random.normal(jax.random.key(0), sa)
+  b = jax.random.normal(jax.random.key(1), sb)
+  f = lambda dtype: jax.jit(jax.value_and_grad(
+      lambda a, b: jnp.sum(jnp.sin(layers.einsum(spec, a, b, dtype))), argnums=(0, 1)))
+  (v32, g32), (v16, g16) = f(jnp.float32)(a, b), f(jnp.bfloat16)(a, b)
+  assert layers.einsum(spec, a, b, jnp.bfloat16).dtype == jnp.float32
+  assert g16[0].dtype == jnp.float32 and g16[1].dtype == jnp.float32
+  np.testing.assert_allclose(v16, v32, rtol=2e-2, atol=5e-2)  # bf16 has 8 mantissa bits
+  for x16, x32 in zip(g16, g32):
+    np.testing.assert_allclose(x16, x32, rtol=5e-2, atol=5e-2)
+  assert not np.array_equal(g16[0], g32[0])  # the bf16 path really ran
+
+
+def test_bf16_block_backward_at_vit_b_shapes():
+  """The whole block in bf16 compiles and differentiates (jaxlib's batched bf16 dot bug)."""
+  block = layers.Block(num_heads=12, mlp_dim=3072, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (2, 197, 768))
+  params = nn.unbox(block.init(jax.random.key(1), x))
+  g = jax.jit(jax.grad(lambda p: block.apply(p, x)[0].sum()))(params)
+  assert all(np.isfinite(l).all() for l in jax.tree.leaves(g))
+
+
+def test_attention_equals_naive_numpy():
+  attn = layers.Attention(num_heads=2)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  params = nn.unbox(attn.init(jax.random.key(1), x))["params"]
+  y, probs = attn.apply({"params": params}, x, return_probs=True)
+  xn = np.asarray(x, np.float64)
+  qkv = np.einsum("bld,dthk->tblhk", xn, params["qkv_kernel"]) + \
+      np.asarray(params["qkv_bias"])[:, None, None]  # [3, B, L, H, Dh]
+  logits = np.einsum("bqhk,bshk->bhqs", qkv[0], qkv[1]) / np.sqrt(4)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  o = np.einsum("bhqs,bshk->bqhk", p, qkv[2])
+  expected = np.einsum("bqhk,hkd->bqd", o, params["out_kernel"]) + params["out_bias"]
+  np.testing.assert_allclose(probs, p, atol=1e-6)
+  np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_patchify_order():
+  img = jnp.arange(4 * 4 * 1, dtype=jnp.float32).reshape(1, 4, 4, 1)
+  p = layers.patchify(img, 2)
+  np.testing.assert_array_equal(p[0, 1], [2, 3, 6, 7])  # row 0, column 1
+
+
+def test_layer_norm_no_affine():
+  x = jax.random.normal(jax.random.key(0), (3, 7)) * 5 + 2
+  y = np.asarray(layers.layer_norm(x, 1e-5))
+  xn = np.asarray(x)
+  ref = (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(y, ref, atol=1e-5)
