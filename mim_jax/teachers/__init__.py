@@ -1,0 +1,18 @@
+"""Frozen semantic teachers (CLIP vision towers, DINO ViTs) ported from transformers checkpoints.
+
+  teacher = mim_jax.teachers.load("clip_b16")             # or a checkpoint directory
+  teacher = teacher.for_student(image_size=224, patch_size=16)
+  out = teacher.apply(teacher.params, images)             # images: student-normalised [B,H,H,3]
+  out["hidden_states"], out["final"], out["attn"], out["pooled"], out.get("embeds")
+
+Files: checkpoint_io (reading and checking checkpoints), vit and clip (converters), network (the
+Flax ViT both run on), resize (torch-equal bicubic), teacher (the Teacher dataclass), zoo (names
+and `load`).
+"""
+from mim_jax.teachers.checkpoint_io import CheckpointError
+from mim_jax.teachers.network import Arch, TeacherNet
+from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD, Teacher
+from mim_jax.teachers.zoo import KNOWN, load, random_teacher
+
+__all__ = ["Arch", "CheckpointError", "KNOWN", "STUDENT_MEAN", "STUDENT_STD", "Teacher",
+           "TeacherNet", "load", "random_teacher"]

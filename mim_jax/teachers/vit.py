@@ -1,0 +1,165 @@
+"""Converter for transformers' `ViTModel` checkpoints (DINO ViT-B/16 is one) -> TeacherNet.
+
+Weight names are those `save_pretrained` writes (`encoder.layer.{i}.attention.attention.query`,
+...), with or without the `vit.` prefix of the task models. The names transformers 5 uses in
+memory (`layers.{i}.attention.q_proj`, ...) are accepted too, for state dicts saved by hand. The
+pooler and a classification head are ignored: a teacher's outputs never use them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from mim_jax.teachers import checkpoint_io as io
+from mim_jax.teachers.network import Arch
+
+MODEL_TYPES = ("vit",)
+ARCHITECTURES = ("ViTModel", "ViTForImageClassification")
+
+# transformers' `hidden_act` -> the shared layers' activation name.
+ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu"}
+
+HANDLED: dict[str, io.Check] = {
+    "hidden_size": io.positive_int,
+    "num_hidden_layers": io.positive_int,
+    "num_attention_heads": io.positive_int,
+    "intermediate_size": io.positive_int,
+    "hidden_act": io.one_of(*ACTIVATIONS),
+    "layer_norm_eps": io.positive_float,
+    "image_size": io.square_size,
+    "patch_size": io.square_size,
+    "num_channels": io.one_of(3),
+    "qkv_bias": io.one_of(True, False),
+    "head_dim": io.positive_int,  # checked against hidden_size / heads in `arch_from_config`
+    "pruned_heads": lambda v: None if not v else "pruned attention heads are not handled",
+}
+IGNORED = {
+    "hidden_dropout_prob": "dropout is off in a frozen teacher",
+    "attention_probs_dropout_prob": "dropout is off in a frozen teacher",
+    "initializer_range": "initialisation only",
+    "encoder_stride": "used only by the masked-image-modeling decoder",
+    "pooler_output_size": "the pooler is not used",
+    "pooler_act": "the pooler is not used",
+}
+
+# In-memory names of transformers 5 -> the names save_pretrained writes.
+_MEMORY_TO_FILE = [
+    (r"^layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
+    (r"^layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key."),
+    (r"^layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value."),
+    (r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (r"^layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (r"^layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"^layers\.(\d+)\.(layernorm_before|layernorm_after)\.", r"encoder.layer.\1.\2."),
+]
+_IGNORED_PREFIXES = ("pooler.", "classifier.")
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+  """Raises CheckpointError naming an unknown model type, architecture or config field."""
+  where = "ViT checkpoint"
+  if config.get("model_type") not in MODEL_TYPES:
+    raise io.CheckpointError(f"{where}: model_type {config.get('model_type')!r} is not handled; "
+                             f"handled: {list(MODEL_TYPES)}.")
+  for name in config.get("architectures") or ():
+    if name not in ARCHITECTURES:
+      raise io.CheckpointError(f"{where}: architecture {name!r} is not handled; handled: "
+                               f"{list(ARCHITECTURES)}.")
+  io.check_config(config, HANDLED, IGNORED, where)
+
+
+def arch_from_config(config: Mapping[str, Any]) -> Arch:
+  check_config(config)
+  width, heads = config.get("hidden_size", 768), config.get("num_attention_heads", 12)
+  if width % heads:
+    raise io.CheckpointError(f"ViT checkpoint: hidden_size {width} is not a multiple of "
+                             f"num_attention_heads {heads}.")
+  if config.get("head_dim", width // heads) != width // heads:
+    raise io.CheckpointError(f"ViT checkpoint: config field 'head_dim' = {config['head_dim']} "
+                             f"is not supported: only hidden_size / num_attention_heads.")
+  image = io.square_value(config.get("image_size", 224))
+  patch = io.square_value(config.get("patch_size", 16))
+  if image % patch:
+    raise io.CheckpointError(f"ViT checkpoint: image_size {image} is not a multiple of "
+                             f"patch_size {patch}.")
+  return Arch(patch=patch, grid=image // patch, width=width,
+              depth=config.get("num_hidden_layers", 12), num_heads=heads,
+              mlp_dim=config.get("intermediate_size", 3072),
+              act=ACTIVATIONS[config.get("hidden_act", "gelu")],
+              ln_eps=float(config.get("layer_norm_eps", 1e-12)),
+              qkv_bias=config.get("qkv_bias", True), patch_bias=True, pre_norm=False, proj_dim=0)
+
+
+def canonical_names(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Strips the `vit.` prefix and maps in-memory names to file names."""
+  out: dict[str, np.ndarray] = {}
+  for key, value in weights.items():
+    name = key[len("vit."):] if key.startswith("vit.") else key
+    for pattern, repl in _MEMORY_TO_FILE:
+      name = re.sub(pattern, repl, name)
+    if name in out:
+      raise io.CheckpointError(f"ViT checkpoint: weight {key!r} duplicates another name for "
+                               f"{name!r}.")
+    out[name] = value
+  return out
+
+
+def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
+  """File name -> shape of every weight a ViTModel of this shape has (pooler excluded)."""
+  d, m = arch.width, arch.mlp_dim
+  out = {
+      "embeddings.cls_token": (1, 1, d),
+      "embeddings.position_embeddings": (1, arch.num_patches + 1, d),
+      "embeddings.patch_embeddings.projection.weight": (d, 3, arch.patch, arch.patch),
+      "embeddings.patch_embeddings.projection.bias": (d,),
+      "layernorm.weight": (d,), "layernorm.bias": (d,),
+  }
+  for i in range(arch.depth):
+    p = f"encoder.layer.{i}."
+    for name in ("query", "key", "value"):
+      out[f"{p}attention.attention.{name}.weight"] = (d, d)
+      if arch.qkv_bias:
+        out[f"{p}attention.attention.{name}.bias"] = (d,)
+    out.update({
+        f"{p}attention.output.dense.weight": (d, d), f"{p}attention.output.dense.bias": (d,),
+        f"{p}layernorm_before.weight": (d,), f"{p}layernorm_before.bias": (d,),
+        f"{p}layernorm_after.weight": (d,), f"{p}layernorm_after.bias": (d,),
+        f"{p}intermediate.dense.weight": (m, d), f"{p}intermediate.dense.bias": (m,),
+        f"{p}output.dense.weight": (d, m), f"{p}output.dense.bias": (d,),
+    })
+  return out
+
+
+def convert(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
+            ) -> tuple[Arch, dict[str, Any]]:
+  """(config.json dict, file tensors) -> (Arch, TeacherNet params as float32 numpy arrays)."""
+  arch = arch_from_config(config)
+  w = canonical_names(weights)
+  io.match_weights(w, expected_shapes(arch), lambda k: k.startswith(_IGNORED_PREFIXES),
+                   "ViT checkpoint")
+  params: dict[str, Any] = {
+      "patch_embed": {"kernel": io.conv_to_hwio(w["embeddings.patch_embeddings.projection.weight"]),
+                      "bias": w["embeddings.patch_embeddings.projection.bias"]},
+      "cls": w["embeddings.cls_token"],
+      "pos_embedding": w["embeddings.position_embeddings"][0],
+      "norm": io.layer_norm(w, "layernorm"),
+  }
+  for i in range(arch.depth):
+    params[f"block{i}"] = _block(w, f"encoder.layer.{i}.", arch)
+  return arch, params
+
+
+def _block(w: Mapping[str, np.ndarray], p: str, arch: Arch) -> dict[str, Any]:
+  h = arch.num_heads
+  q, k, v = (f"{p}attention.attention.{n}" for n in ("query", "key", "value"))
+  attn = {"qkv_kernel": io.fused_qkv(w[q + ".weight"], w[k + ".weight"], w[v + ".weight"], h),
+          "out_kernel": io.out_kernel(w[f"{p}attention.output.dense.weight"], h),
+          "out_bias": w[f"{p}attention.output.dense.bias"]}
+  if arch.qkv_bias:
+    attn["qkv_bias"] = io.fused_qkv_bias(w[q + ".bias"], w[k + ".bias"], w[v + ".bias"], h)
+  return {"ln1": io.layer_norm(w, f"{p}layernorm_before"), "attn": attn,
+          "ln2": io.layer_norm(w, f"{p}layernorm_after"),
+          "mlp": {"fc1": io.dense(w, f"{p}intermediate.dense"),
+                  "fc2": io.dense(w, f"{p}output.dense")}}

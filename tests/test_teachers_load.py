@@ -1,0 +1,126 @@
+"""`mim_jax.teachers.load`: refusals that name what they refuse, and resolution of names."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+from transformers import ViTConfig, ViTModel
+
+from mim_jax import teachers
+from mim_jax.teachers import CheckpointError, testing
+
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+             patch_size=8, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("vit")
+  torch.manual_seed(0)
+  ViTModel(ViTConfig(**SMALL)).save_pretrained(directory)
+  return directory
+
+
+def copy_of(src, dst):
+  shutil.copytree(src, dst)
+  return dst
+
+
+def edit_config(directory, **changes):
+  path = os.path.join(directory, "config.json")
+  with open(path) as f:
+    config = json.load(f)
+  config.update(changes)
+  with open(path, "w") as f:
+    json.dump(config, f)
+
+
+def edit_weights(directory, drop=(), add=None):
+  path = os.path.join(directory, "model.safetensors")
+  weights = load_file(path)
+  for key in drop:
+    del weights[key]
+  weights.update(add or {})
+  save_file(weights, path)
+
+
+def test_loads(vit_dir):
+  teacher = teachers.load(str(vit_dir))
+  assert teacher.name == str(vit_dir)
+  assert teacher.params["block1"]["attn"]["qkv_kernel"].shape == (32, 3, 2, 16)
+  assert hash(teacher) == hash(teachers.load(str(vit_dir)))
+
+
+def test_missing_weight_is_named(vit_dir, tmp_path):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  edit_weights(d, drop=["encoder.layer.1.attention.attention.key.bias"])
+  with pytest.raises(CheckpointError, match=r"missing weights.*encoder\.layer\.1\.attention"
+                                            r"\.attention\.key\.bias"):
+    teachers.load(str(d))
+
+
+def test_unexpected_weight_is_named(vit_dir, tmp_path):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  edit_weights(d, add={"encoder.layer.0.attention.rel_pos_bias": np.zeros(3, np.float32)})
+  with pytest.raises(CheckpointError, match=r"unexpected weights.*encoder\.layer\.0\.attention"
+                                            r"\.rel_pos_bias"):
+    teachers.load(str(d))
+
+
+def test_wrong_shape_is_named(vit_dir, tmp_path):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  edit_weights(d, add={"layernorm.bias": np.zeros(33, np.float32)})
+  with pytest.raises(CheckpointError, match=r"'layernorm\.bias' has shape \(33,\)"):
+    teachers.load(str(d))
+
+
+def test_unknown_model_type_is_named(vit_dir, tmp_path):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  edit_config(d, model_type="swin")
+  with pytest.raises(CheckpointError, match="model_type 'swin'"):
+    teachers.load(str(d))
+
+
+def test_unknown_architecture_is_named(vit_dir, tmp_path):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  edit_config(d, architectures=["ViTForMaskedImageModeling"])
+  with pytest.raises(CheckpointError, match="architecture 'ViTForMaskedImageModeling'"):
+    teachers.load(str(d))
+
+
+@pytest.mark.parametrize("field,value", [("hidden_act", "silu"), ("num_channels", 1),
+                                         ("image_size", [32, 48]), ("layer_scale_init", 0.1)])
+def test_unsupported_config_value_is_named(vit_dir, tmp_path, field, value):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  edit_config(d, **{field: value})
+  with pytest.raises(CheckpointError, match=f"config field '{field}'"):
+    teachers.load(str(d))
+
+
+def test_ignored_fields_are_accepted(vit_dir, tmp_path):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  edit_config(d, encoder_stride=32, hidden_dropout_prob=0.1, torch_dtype="float32",
+              _name_or_path="x", id2label={"0": "a"})
+  teachers.load(str(d))
+
+
+def test_preprocessor_config_sets_mean_std(vit_dir, tmp_path):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  with open(os.path.join(d, "preprocessor_config.json"), "w") as f:
+    json.dump({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}, f)
+  teacher = teachers.load(str(d))
+  assert teacher.mean == (0.5, 0.5, 0.5) and teacher.std == (0.25, 0.25, 0.25)
+  images = testing.student_images(1, 32)
+  x = np.asarray(teacher.preprocess(images))
+  pixels = images * teachers.STUDENT_STD + teachers.STUDENT_MEAN
+  np.testing.assert_allclose(x, (pixels - 0.5) / 0.25, atol=1e-5, rtol=0)
+
+
+def test_no_weights_is_a_clear_error(vit_dir, tmp_path):
+  d = copy_of(vit_dir, tmp_path / "ckpt")
+  os.remove(os.path.join(d, "model.safetensors"))
+  with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    teachers.load(str(d))
