@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax.teachers import checkpoint_io as io
-from mim_jax.teachers import vit
+from mim_jax.teachers import clip, vit
 from mim_jax.teachers.network import Arch, param_shapes
 from mim_jax.teachers.teacher import DEFAULT_MEAN_STD, Teacher
 
@@ -45,6 +45,8 @@ Converter = Callable[[Mapping[str, Any], Mapping[str, np.ndarray]], tuple[Arch, 
 # model_type in config.json -> (kind, converter).
 CONVERTERS: dict[str, tuple[str, Converter]] = {
     "vit": ("vit", vit.convert),
+    "clip_vision_model": ("clip", clip.convert),
+    "clip": ("clip", clip.convert),
 }
 
 
