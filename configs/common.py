@@ -1,0 +1,75 @@
+"""The fields every experiment config has, with the defaults of the MaskAlign recipe.
+
+Experiment files call `base(method)` and override what their method needs; keeping every key
+here is what lets a locked config reject a misspelt `--config.x=y`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from mim_jax import objectives
+from mim_jax.data import input_pipeline
+
+
+def base(method: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = method
+  c.seed = 0
+  c.precision = "float32"  # matmul inputs: "float32" | "bfloat16" (parameters stay float32)
+
+  c.student = ml_collections.ConfigDict(dict(variant="B/16", drop_path=0.1, posemb="sincos"))
+  # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
+  # None for methods without a teacher.
+  c.teacher = ml_collections.ConfigDict(dict(spec="clip_b16", dtype="float32"))
+  c.teacher.spec = ml_collections.FieldReference("clip_b16", field_type=str)
+  c.mask = ml_collections.ConfigDict(dict(kind="attentive", ratio=0.7))
+  c.objective = objectives.get(method).default_config()
+
+  c.data = input_pipeline.default_config()
+  c.data.name = "imagenet2012"
+  c.data.image_size = 224
+
+  c.batch_size = 1024
+  # Durations: set exactly one of *_steps / *_epochs (/ *_examples / *_percent for warmup).
+  c.total_steps = ml_collections.FieldReference(None, field_type=int)
+  c.total_epochs = ml_collections.FieldReference(200.0, field_type=float)
+  c.warmup_steps = ml_collections.FieldReference(None, field_type=int)
+  c.warmup_epochs = ml_collections.FieldReference(None, field_type=float)
+  c.warmup_percent = ml_collections.FieldReference(0.1, field_type=float)
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", base_lr=1.5e-4, min_lr=1e-5, b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.05, schedule="cosine"))
+  c.optim.lr = ml_collections.FieldReference(None, field_type=float)  # overrides base_lr
+  c.optim.clip_norm = ml_collections.FieldReference(None, field_type=float)
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoint = True
+  c.eval = ml_collections.ConfigDict(dict(every=0, knn_k=20, knn_temperature=0.07,
+                                          batch_size=256))
+  c.runlocal = False
+  return c
+
+
+def shrink_for_local(c: ml_collections.ConfigDict) -> None:
+  """`runlocal`: the same config at a size that runs in seconds on a laptop CPU."""
+  c.runlocal = True
+  c.student.variant = "nano/4"
+  c.data.name = "mim_digits"
+  c.data.image_size = 16
+  c.data.flip = False  # digits are not mirror-symmetric
+  c.data.cache = True
+  c.data.shuffle_buffer = 2000
+  c.data.eval_split = "test"
+  c.batch_size = 16
+  c.total_steps = 4
+  c.total_epochs = None
+  c.warmup_percent = None
+  c.warmup_steps = 1
+  c.log_every = 1
+  c.checkpoint_every = 2
+  c.eval.every = 0

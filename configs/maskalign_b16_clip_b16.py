@@ -1,0 +1,32 @@
+r"""MaskAlign: ViT-B/16 student, CLIP ViT-B/16 teacher, ImageNet-1k, 200 epochs (paper recipe).
+
+  python -m mim_jax.main --config configs/maskalign_b16_clip_b16.py --workdir runs/maskalign
+  python -m mim_jax.main --config configs/maskalign_b16_clip_b16.py:runlocal=True \
+      --config.teacher.spec=/path/to/tiny_teacher --workdir /tmp/maskalign_local
+
+Arguments: variant=B/16 (student size), teacher=clip_b16 (zoo name or checkpoint dir),
+runlocal=True (nano student on the digits dataset, the demo's own teacher).
+"""
+from configs import common
+from mim_jax import config as config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, runlocal=False, variant="B/16", teacher="clip_b16")
+  c = common.base("maskalign")
+  c.student.variant = arg.variant
+  c.student.drop_path = 0.2 if arg.variant.startswith("L") else 0.1
+  c.teacher.spec = arg.teacher
+  c.mask.kind, c.mask.ratio = "attentive", 0.7
+  c.objective.top_k = 5
+  c.batch_size = 1024
+  c.total_epochs = 200.0
+  c.warmup_percent = 0.1  # 20 of 200 epochs
+  c.optim.base_lr, c.optim.min_lr = 1.5e-4, 1e-5
+  c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.95, 0.05
+  c.data.crop_scale = (0.2, 1.0)
+  if arg.runlocal:
+    common.shrink_for_local(c)
+    c.teacher.spec = "demo"
+    c.objective.top_k = 2
+  return c

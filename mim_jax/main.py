@@ -1,0 +1,94 @@
+r"""Entry point: train a config in a workdir (resuming from its last checkpoint).
+
+  python -m mim_jax.main --config configs/maskalign_b16_clip_b16.py --workdir runs/ma \
+      [--config.batch_size=512 --config.mask.ratio=0.5 ...]
+
+`--config path[:arg]` passes `arg` to the file's `get_config(arg)`. Configs are locked: an
+override of a key that does not exist stops the run and names the closest valid key.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", None, "Call jax.distributed.initialize() (multi-host). Default: when the "
+    "environment of a TPU pod / SLURM / coordinator address is detected.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class ConfigError(SystemExit):
+  pass
+
+
+def check_overrides(argv: list[str]) -> None:
+  """Refuses `--config.a.b=v` when a.b is not a key of the config, naming the closest one."""
+  from mim_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv:
+    spec = argv[argv.index("--config") + 1]
+  keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if not spec or not keys:
+    return
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise ConfigError(f"error: config file {path} does not exist.")
+  module = config_flags.config_flags._LoadConfigModule("config", path)  # pylint: disable=protected-access
+  config = module.get_config(arg) if arg else module.get_config()
+  valid = set(config_lib.flat_keys(config))
+  for key in keys:
+    if key not in valid and not any(v.startswith(key + ".") for v in valid):
+      hint = config_lib.closest_key(config, key)
+      raise ConfigError(f"error: --config.{key} is not a key of {path}"
+                        + (f"; did you mean --config.{hint}?" if hint else "."))
+
+
+def _want_distributed() -> bool:
+  if _DISTRIBUTED.value is not None:
+    return _DISTRIBUTED.value
+  return any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
+                                       "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+class _QuietLibraries:
+  """Drops INFO lines from orbax and clu (several per checkpoint); warnings still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > 20 or not any(
+        name in record.pathname for name in ("/orbax/", "/clu/"))
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # pylint: disable=import-outside-toplevel
+  if _want_distributed():
+    jax.distributed.initialize()
+  from mim_jax import train  # pylint: disable=import-outside-toplevel
+  logging.info("JAX %s: process %d/%d, %d local / %d global devices", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (FileNotFoundError, ValueError) as e:
+    if os.environ.get("MIM_JAX_TRACEBACK"):
+      raise
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+def run() -> None:
+  check_overrides(sys.argv[1:])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,163 @@
+"""The one train loop: `train_and_evaluate(config, workdir)` for every method.
+
+Order of work (big_vision's): the teacher is loaded first (a missing checkpoint fails before
+anything is compiled or written), then the mesh, data, state (restored from the workdir's latest
+checkpoint, else born sharded), then the loop. Periodic work (logging, checkpoints, kNN) runs when
+`config.should_run` says so; metrics leave the device only then.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mim_jax import checkpoint as ckpt_lib
+from mim_jax import config as config_lib
+from mim_jax import metrics as metrics_lib
+from mim_jax import objectives
+from mim_jax import optim
+from mim_jax import sharding as sharding_lib
+from mim_jax import step as step_lib
+from mim_jax import teachers
+from mim_jax.data import block_mask
+from mim_jax.data import input_pipeline
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def load_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Teacher]:
+  """The frozen teacher matched to the student's grid, or None for teacher-free methods."""
+  spec = config.teacher.get("spec")
+  if not spec:
+    return None
+  teacher = teachers.load(spec, dtype=config.teacher.get("dtype", "float32"))
+  size, patch = config_lib.decode_variant(config.student.variant)
+  return teacher.for_student(config.data.image_size, patch)
+
+
+def teacher_shardings(teacher: teachers.Teacher, mesh) -> Any:
+  """The teacher's parameters follow the same logical rules as the student's."""
+  size = teacher.image_size
+  boxed = jax.eval_shape(
+      lambda: teachers.TeacherNet(teacher.arch).init(jax.random.key(0),
+                                                     jnp.zeros((1, size, size, 3)))["params"])
+  return sharding_lib.logical_shardings(boxed, mesh)
+
+
+def durations(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
+  """(total_steps, warmup_steps) from steps / epochs / examples / percent fields."""
+  steps_per_epoch = max(num_train_examples // config.batch_size, 1)
+  total = config_lib.steps_from(config, "total", steps_per_epoch=steps_per_epoch,
+                                batch_size=config.batch_size)
+  if total is None:
+    raise ValueError("Set config.total_steps or config.total_epochs.")
+  warmup = config_lib.steps_from(config, "warmup", steps_per_epoch=steps_per_epoch,
+                                 batch_size=config.batch_size, total_steps=total, default=0)
+  return total, warmup
+
+
+def make_setup(config: ml_collections.ConfigDict, teacher: Optional[teachers.Teacher], mesh,
+               total_steps: int, warmup_steps: int) -> step_lib.Setup:
+  objective = objectives.get(config.method)
+  schedule = optim.make_schedule(config.optim, total_steps=total_steps,
+                                 warmup_steps=warmup_steps, global_batch=config.batch_size)
+  return step_lib.Setup(config=config, model=objective.make_model(config, teacher),
+                        objective=objective, tx=optim.make_optimizer(config.optim, schedule),
+                        schedule=schedule, mesh=mesh, teacher=teacher)
+
+
+def mask_fn(config: ml_collections.ConfigDict, grid: tuple[int, int]):
+  """Host-side block masks for `mask.kind == "block"`, else None."""
+  if config.mask.kind != "block":
+    return None
+  return functools.partial(block_mask.block_masks, grid=grid, ratio=config.mask.ratio)
+
+
+def _check_finite(step: int, scalars: dict, mngr) -> None:
+  bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
+  if bad:
+    last = mngr.latest_step()
+    where = (f"the last good checkpoint is step {last} in {mngr.directory}" if last is not None
+             else "no checkpoint was written yet")
+    raise NonFiniteLossError(f"Non-finite metrics at step {step}: {bad}; {where}. Lower the "
+                             f"learning rate or check the data, then resume from it.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last
+  logged scalars."""
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  teacher = load_teacher(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  builder = input_pipeline.get_builder(config.data.name, config.data.get("data_dir"))
+  total_steps, warmup_steps = durations(
+      config, builder.info.splits[config.data.split].num_examples)
+  setup = make_setup(config, teacher, mesh, total_steps, warmup_steps)
+
+  mngr = ckpt_lib.manager(workdir, keep=config.keep_checkpoints,
+                          asynchronous=config.async_checkpoint)
+  abstract, shardings = step_lib.state_shardings(setup)
+  start, state = ckpt_lib.restore(mngr, abstract, shardings)
+  if state is None:
+    start, state = 0, step_lib.init_state(setup, jax.random.key(config.seed))
+  else:
+    logging.info("Resumed from step %d in %s", start, mngr.directory)
+
+  t_params, t_sh = None, None
+  if teacher is not None:
+    t_sh = teacher_shardings(teacher, mesh)
+    t_params = jax.device_put(teacher.params, t_sh)
+
+  student = setup.model_student()
+  data = input_pipeline.make_pretrain_iterator(
+      config.data, global_batch_size=config.batch_size, mesh=mesh, seed=config.seed,
+      start_step=start, mask_fn=mask_fn(config, student.grid))
+  writer = metrics_lib.Writer(workdir)
+  progress = metrics_lib.Progress(total_steps, config.batch_size, start)
+  train_step = None
+  last: dict[str, float] = {}
+  try:
+    for step in range(start, total_steps):
+      batch = next(data)
+      if train_step is None:
+        train_step = step_lib.jit_train_step(setup, batch, t_sh)
+      state, metrics = train_step(state, t_params, batch)
+      done = step + 1
+      if step == start:
+        jax.block_until_ready(metrics)
+        progress.first_step_done()
+        logging.info("First step (compile + run) took %.1fs", progress.compile_s)
+      log_now = config_lib.should_run(done, config.log_every, total_steps)
+      ckpt_now = config_lib.should_run(done, config.checkpoint_every, total_steps)
+      if log_now or ckpt_now:
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(done, scalars, mngr)
+      if log_now:
+        scalars.update(progress.update(done))
+        if progress.compile_s is not None:
+          scalars["perf/compile_s"] = progress.compile_s
+        scalars["data/skipped_images"] = data.num_skipped()
+        writer.write(done, scalars)
+        metrics_lib.log_line(done, total_steps, scalars)
+        last = scalars
+      if ckpt_now:
+        ckpt_lib.save(mngr, done, state)
+  finally:
+    mngr.wait_until_finished()
+    writer.close()
+  return last
