@@ -125,3 +125,41 @@ def test_bf16_close_to_f32(tmp_path):
       # bf16 rounds to ~3 significant digits; a few blocks compound it to ~1e-2 relative.
       assert err < 3e-2, (key, err)
     assert out["final"].dtype == np.float32
+
+
+def test_for_student_l14_under_a_16_student_matches_transformers_interpolation(tmp_path):
+  """L/14 at 224 has a 16x16 grid; a /16 student at 224 has 14x14: the teacher runs at 196 px
+  with its position embedding resized 16x16 -> 14x14, which is what transformers computes with
+  `interpolate_pos_encoding=True` on 196 px inputs (both resizes bicubic, torch's kernel)."""
+  model = make_clip(tmp_path, CLIPVisionModelWithProjection, hidden_act="quick_gelu", **L14)
+  teacher = teachers.load(str(tmp_path))
+  assert teacher.grid == 16
+  student_teacher = teacher.for_student(image_size=224, patch_size=16)
+  assert (student_teacher.grid, student_teacher.image_size, student_teacher.patch_size) == (
+      14, 196, 14)
+  assert student_teacher.params["pos_embedding"].shape == (197, 1024)
+  assert teacher.params["pos_embedding"].shape == (257, 1024)  # the original is untouched
+  assert student_teacher.for_student(224, 16) is student_teacher
+
+  images = testing.student_images(2, 224, seed=3)
+  out = jax.jit(student_teacher.apply)(student_teacher.params, images)
+  assert out["hidden_states"][-1].shape == (2, 197, 1024)
+  pixels = torch.from_numpy(testing.teacher_pixels(images, CLIP_MEAN, CLIP_STD))
+  pixels = torch.nn.functional.interpolate(pixels, size=(196, 196), mode="bicubic",
+                                           align_corners=False)
+  vm = model.vision_model
+  with torch.no_grad():
+    ref = vm(pixels, output_hidden_states=True, output_attentions=True,
+             interpolate_pos_encoding=True)
+    final = vm.post_layernorm(ref.last_hidden_state)
+  errs = testing.max_errors(out, ref.hidden_states, final, ref.attentions[-1])
+  assert max(errs.values()) < ATOL, errs
+
+
+@pytest.mark.parametrize("image_size,patch_size,student", [
+    (225, 16, "14.0625x14.0625"), ((224, 192), 16, "14x12"), (224, (16, 14), "14x16")])
+def test_for_student_unresolvable_grid_names_both(tmp_path, image_size, patch_size, student):
+  make_clip(tmp_path, CLIPVisionModel, **SMALL)
+  teacher = teachers.load(str(tmp_path))
+  with pytest.raises(ValueError, match=f"teacher grid 4x4 vs student grid {student}"):
+    teacher.for_student(image_size, patch_size)

@@ -124,3 +124,70 @@ def test_no_weights_is_a_clear_error(vit_dir, tmp_path):
   os.remove(os.path.join(d, "model.safetensors"))
   with pytest.raises(FileNotFoundError, match="model.safetensors"):
     teachers.load(str(d))
+
+
+# ---- names resolved through the Hugging Face cache -----------------------------------------
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch):
+  home = tmp_path / "hf_home"
+  home.mkdir()
+  monkeypatch.setenv("HF_HOME", str(home))
+  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+  return home
+
+
+def place_in_cache(hub, repo_id, source, files=None):
+  """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<hash>/...}."""
+  repo = hub / ("models--" + repo_id.replace("/", "--"))
+  snapshot = repo / "snapshots" / "0123456789abcdef"
+  snapshot.mkdir(parents=True)
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text("0123456789abcdef")
+  for name in files or os.listdir(source):
+    shutil.copy(os.path.join(source, name), snapshot / name)
+
+
+@pytest.mark.parametrize("name,repo_id", [("clip_b16", "openai/clip-vit-base-patch16"),
+                                          ("clip_l14", "openai/clip-vit-large-patch14"),
+                                          ("dino_b16", "facebook/dino-vitb16")])
+def test_known_name_missing_from_cache_says_how_to_place_it(hf_home, name, repo_id):
+  with pytest.raises(FileNotFoundError) as err:
+    teachers.load(name)
+  message = str(err.value)
+  assert f"huggingface-cli download {repo_id}" in message
+  assert str(hf_home / "hub") in message and "model.safetensors" in message
+
+
+def test_known_name_resolves_through_the_cache(hf_home, vit_dir):
+  place_in_cache(hf_home / "hub", "facebook/dino-vitb16", vit_dir)
+  teacher = teachers.load("dino_b16")
+  assert teacher.name == "dino_b16" and teacher.kind == "vit" and teacher.grid == 4
+
+
+def test_hf_hub_cache_wins_over_hf_home(hf_home, vit_dir, tmp_path, monkeypatch):
+  hub = tmp_path / "elsewhere"
+  place_in_cache(hub, "facebook/dino-vitb16", vit_dir)
+  monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+  assert teachers.load("dino_b16").grid == 4
+
+
+def test_cached_config_without_weights_says_how_to_place_them(hf_home, vit_dir):
+  place_in_cache(hf_home / "hub", "openai/clip-vit-base-patch16", vit_dir, ["config.json"])
+  with pytest.raises(FileNotFoundError, match="lacks config.json or model.safetensors"):
+    teachers.load("clip_b16")
+
+
+def test_unknown_name(hf_home):
+  with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a known name"):
+    teachers.load("clip_h14")
+
+
+def test_random_teacher_has_the_known_shape():
+  arch = teachers.KNOWN["clip_l14"].arch
+  assert (arch.image_size, arch.patch, arch.width, arch.depth) == (224, 14, 1024, 24)
+  small = teachers.Arch(patch=14, grid=16, width=32, depth=1, num_heads=2, mlp_dim=64,
+                        act="quick_gelu", ln_eps=1e-5, patch_bias=False, pre_norm=True,
+                        proj_dim=8)
+  teacher = teachers.random_teacher("clip", small).for_student(224, 16)
+  out = teacher.apply(teacher.params, testing.student_images(1, 224))
+  assert out["final"].shape == (1, 197, 32) and out["embeds"].shape == (1, 8)

@@ -110,3 +110,33 @@ def test_outputs_carry_no_gradient(tmp_path):
   g_params, g_images = jax.grad(loss, argnums=(0, 1))(teacher.params, images)
   assert all(float(np.abs(g).max()) == 0.0 for g in jax.tree.leaves(g_params))
   assert float(np.abs(g_images).max()) == 0.0
+
+
+def test_for_student_upsamples_position_embedding_like_transformers(tmp_path):
+  """A 4x4-grid teacher (patch 8, 32 px) under a /8 student at 48 px: grid 6x6, 48 px inputs,
+  equal to transformers' `interpolate_pos_encoding=True` at 48 px."""
+  model = make_vit(tmp_path, **SMALL)
+  teacher = teachers.load(str(tmp_path)).for_student(48, 8)
+  assert (teacher.grid, teacher.image_size) == (6, 48)
+  images = testing.student_images(2, 48, seed=4)
+  out = teacher.apply(teacher.params, images)
+  pixels = torch.from_numpy(testing.teacher_pixels(images, teacher.mean, teacher.std))
+  with torch.no_grad():
+    ref = model(pixels, output_hidden_states=True, output_attentions=True,
+                interpolate_pos_encoding=True)
+  errs = testing.max_errors(out, ref.hidden_states, ref.last_hidden_state, ref.attentions[-1])
+  assert max(errs.values()) < ATOL, errs
+
+
+def test_teacher_is_a_static_jit_argument(tmp_path):
+  make_vit(tmp_path, **SMALL)
+  teacher = teachers.load(str(tmp_path))
+
+  @jax.jit
+  def run(params, images):
+    return teacher.apply(params, images)["final"]
+
+  run_static = jax.jit(lambda t, p, x: t.apply(p, x)["final"], static_argnums=0)
+  images = testing.student_images(1, 32)
+  np.testing.assert_array_equal(run(teacher.params, images),
+                                run_static(teacher, teacher.params, images))
