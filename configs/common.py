@@ -20,7 +20,11 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.student = ml_collections.ConfigDict(dict(variant="B/16", drop_path=0.1, posemb="sincos"))
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
   # None for methods without a teacher.
-  c.teacher = ml_collections.ConfigDict(dict(spec="clip_b16", dtype="float32"))
+  # resize_to_student: a teacher whose token grid differs from the student's runs on resized
+  # images with a resized position embedding (CLIP-L/14 at 196 px under a /16 student at 224);
+  # False refuses any mismatch.
+  c.teacher = ml_collections.ConfigDict(dict(spec="clip_b16", dtype="float32",
+                                             resize_to_student=True))
   c.teacher.spec = ml_collections.FieldReference("clip_b16", field_type=str)
   c.mask = ml_collections.ConfigDict(dict(kind="attentive", ratio=0.7))
   c.objective = objectives.get(method).default_config()

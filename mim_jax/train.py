@@ -42,7 +42,12 @@ def load_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Teacher
   if not spec:
     return None
   teacher = teachers.load(spec, dtype=config.teacher.get("dtype", "float32"))
-  size, patch = config_lib.decode_variant(config.student.variant)
+  _, patch = config_lib.decode_variant(config.student.variant)
+  grid = teachers.teacher.student_grid(config.data.image_size, patch, teacher.grid)
+  if grid != teacher.grid and not config.teacher.get("resize_to_student", True):
+    raise ValueError(f"teacher grid {teacher.grid}x{teacher.grid} vs student grid {grid}x{grid}"
+                     f": set teacher.resize_to_student=True to resize the teacher's input and "
+                     f"position embedding, or change data.image_size / student.variant.")
   return teacher.for_student(config.data.image_size, patch)
 
 

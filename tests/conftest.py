@@ -7,3 +7,50 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tfds_data_dir(tmp_path_factory):
+  """One TFDS data dir per test session: the digits dataset is built at most once."""
+  path = os.environ.get("MIM_JAX_TEST_TFDS_DIR") or str(tmp_path_factory.mktemp("tfds"))
+  os.environ["TFDS_DATA_DIR"] = path
+  return path
+
+
+def _save_hf_vit(path: str, **overrides) -> str:
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            image_size=16, patch_size=4)
+  kw.update(overrides)
+  transformers.ViTModel(transformers.ViTConfig(**kw)).save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_teacher_dir(tmp_path_factory):
+  """A transformers ViTModel checkpoint (random weights, 16x16 images, patch 4, depth 2)."""
+  return _save_hf_vit(str(tmp_path_factory.mktemp("tiny_vit_teacher")))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_teacher_dir(tmp_path_factory):
+  """A transformers CLIPVisionModel checkpoint (random weights, 16x16 images, patch 4)."""
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  path = str(tmp_path_factory.mktemp("tiny_clip_teacher"))
+  cfg = transformers.CLIPVisionConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                      intermediate_size=64, image_size=16, patch_size=4)
+  transformers.CLIPVisionModel(cfg).save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dino_l8_teacher_dir(tmp_path_factory):
+  """A ViTModel with patch 8 at 32px: a 4x4 grid that a /4 student at 16px matches by resize."""
+  return _save_hf_vit(str(tmp_path_factory.mktemp("tiny_vit8_teacher")), patch_size=8,
+                      image_size=32, hidden_size=48, num_attention_heads=3, num_hidden_layers=3)

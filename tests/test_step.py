@@ -1,0 +1,115 @@
+"""The one train step: mesh independence, sharding by rules, frozen teacher, bf16 path."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import maskalign_b16_clip_b16
+from mim_jax import sharding, step as step_lib, teachers, train
+
+
+def make(teacher_dir, mesh_spec, **overrides):
+  config = maskalign_b16_clip_b16.get_config("runlocal=True")
+  config.teacher.spec = teacher_dir
+  config.batch_size = 8
+  config.optim.lr = 1e-3
+  for k, v in overrides.items():
+    config[k] = v
+  teacher = train.load_teacher(config)
+  mesh = sharding.make_mesh(mesh_spec)
+  setup = train.make_setup(config, teacher, mesh, total_steps=20, warmup_steps=0)
+  state = step_lib.init_state(setup, jax.random.key(0))
+  t_sh = train.teacher_shardings(teacher, mesh)
+  t_params = jax.device_put(teacher.params, t_sh)
+  images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+  batch = {"image": jax.device_put(images, sharding.batch_sharding(mesh, 4))}
+  return setup, state, t_params, t_sh, batch
+
+
+def run_steps(teacher_dir, mesh_spec, n=3, **overrides):
+  setup, state, t_params, t_sh, batch = make(teacher_dir, mesh_spec, **overrides)
+  fn = step_lib.jit_train_step(setup, batch, t_sh)
+  losses = []
+  for _ in range(n):
+    state, metrics = fn(state, t_params, batch)
+    losses.append(float(metrics["loss"]))
+  return setup, state, losses, metrics, fn
+
+
+def test_same_step_on_two_meshes(tiny_vit_teacher_dir):
+  _, s1, l1, m1, _ = run_steps(tiny_vit_teacher_dir, {"data": 8})
+  _, s2, l2, m2, _ = run_steps(tiny_vit_teacher_dir, {"data": 2, "fsdp": 4})
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  flat1 = jax.tree_util.tree_leaves_with_path(s1.params)
+  for (path, a), b in zip(flat1, jax.tree.leaves(s2.params)):
+    a, b = np.asarray(a), np.asarray(b)
+    if path[-1].key == "qkv_bias":
+      # The key bias has an exactly-zero gradient (softmax ignores a per-query constant), so
+      # Adam turns float32 rounding noise into steps of up to lr: compare it to that bound and
+      # the query/value biases tightly.
+      assert np.abs(a[1] - b[1]).max() <= 2 * 3 * 1e-3
+      a, b = a[[0, 2]], b[[0, 2]]
+    np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
+  assert int(s1.step) == int(s2.step) == 3
+
+
+def test_params_sharded_as_the_rules_say(tiny_vit_teacher_dir):
+  setup, state, *_ = make(tiny_vit_teacher_dir, {"data": 2, "fsdp": 4})
+  qkv = state.params["student"]["block0"]["attn"]["qkv_kernel"]  # [embed, 3, heads, kv]
+  assert qkv.sharding.spec == P("fsdp", None, "model", None)
+  assert qkv.addressable_shards[0].data.shape == (32 // 4, 3, 2, 16)
+  fc2 = state.params["student"]["block0"]["mlp"]["fc2"]["kernel"]  # [mlp, embed]
+  assert fc2.sharding.spec == P("model", "fsdp")
+  moments = [x for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)
+             if "['student']['block0']['attn']['qkv_kernel']" in jax.tree_util.keystr(p)]
+  assert len(moments) == 2  # Adam's mu and nu follow their parameter's sharding
+  assert all(m.sharding == qkv.sharding for m in moments)
+  # the patch kernel's 3-channel axis is not split; its embed axis is
+  pk = state.params["student"]["patch_embed"]["kernel"]
+  assert pk.sharding.spec == P(None, None, None, "fsdp")
+
+
+def test_teacher_is_frozen_and_not_in_the_state(tiny_vit_teacher_dir):
+  setup, state, t_params, t_sh, batch = make(tiny_vit_teacher_dir, {"data": 8})
+  assert set(state.params) == {"student", "alignment", "adaptor0", "adaptor1"}
+  names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)}
+  assert not any("teacher" in n for n in names)
+  before = jax.tree.map(np.asarray, t_params)
+  fn = step_lib.jit_train_step(setup, batch, t_sh)
+  fn(state, t_params, batch)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(t_params)):
+    np.testing.assert_array_equal(a, b)
+  grads = jax.grad(lambda tp: step_lib.teacher_forward(setup, tp, batch["image"])
+                   ["hidden_states"][-1].sum())(t_params)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_loss_falls_and_step_compiles_once(tiny_vit_teacher_dir):
+  *_, losses, metrics, fn = run_steps(tiny_vit_teacher_dir, {"data": 8}, n=15)
+  assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+  assert fn.jitted._cache_size() == 1
+  for key in ("grad_norm", "param_norm", "update_norm", "lr", "loss/layer1"):
+    assert np.isfinite(float(metrics[key]))
+
+
+def test_bfloat16_matmuls_track_float32(tiny_vit_teacher_dir):
+  *_, l32, _, _ = run_steps(tiny_vit_teacher_dir, {"data": 8}, n=3)
+  *_, l16, _, _ = run_steps(tiny_vit_teacher_dir, {"data": 8}, n=3, precision="bfloat16")
+  np.testing.assert_allclose(l16, l32, rtol=2e-2)
+  assert l16 != l32
+
+
+def test_grid_mismatch(tiny_dino_l8_teacher_dir):
+  config = maskalign_b16_clip_b16.get_config("runlocal=True")
+  config.teacher.spec = tiny_dino_l8_teacher_dir  # patch 8 at 32 px: a 4x4 grid
+  config.data.image_size = 24  # student nano/4: a 6x6 grid
+  teacher = train.load_teacher(config)  # resolved: the teacher runs at 6 * 8 = 48 px
+  assert (teacher.grid, teacher.image_size) == (6, 48)
+  config.teacher.resize_to_student = False
+  with pytest.raises(ValueError, match=r"teacher grid 4x4 vs student grid 6x6"):
+    train.load_teacher(config)
+  config.teacher.resize_to_student = True
+  config.data.image_size = 18  # not a multiple of the student's patch
+  with pytest.raises(ValueError, match=r"teacher grid 4x4 vs student grid"):
+    train.load_teacher(config)
