@@ -46,9 +46,9 @@ def assert_parity(teacher, vision_model, projection=None, images=None, **kwargs)
   out = jax.jit(teacher.apply)(teacher.params, images)
   ref, final, embeds = reference(vision_model, images, teacher, projection, **kwargs)
   errs = testing.max_errors(out, ref.hidden_states, final, ref.attentions[-1])
-  errs["pooled"] = testing._err(out["pooled"], ref.pooler_output)  # pylint: disable=protected-access
+  errs["pooled"] = testing.max_abs_error(out["pooled"], ref.pooler_output)
   if projection is not None:
-    errs["embeds"] = testing._err(out["embeds"], embeds)  # pylint: disable=protected-access
+    errs["embeds"] = testing.max_abs_error(out["embeds"], embeds)
   else:
     assert "embeds" not in out
   assert max(errs.values()) < ATOL, errs

@@ -34,15 +34,16 @@ def perturb_layer_norms(model: Any, seed: int = 0, scale: float = 0.3) -> None:
 def max_errors(out: Mapping[str, Any], ref_hidden: Sequence[Any], ref_final: Any,
                ref_attn_last: Any) -> dict[str, float]:
   """Max absolute differences: every hidden state, the final output, last-layer attention."""
-  errs = {f"hidden_states[{i}]": _err(a, b)
+  errs = {f"hidden_states[{i}]": max_abs_error(a, b)
           for i, (a, b) in enumerate(zip(out["hidden_states"], ref_hidden, strict=True))}
-  errs["final"] = _err(out["final"], ref_final)
+  errs["final"] = max_abs_error(out["final"], ref_final)
   last = len(out["hidden_states"]) - 2
-  errs[f"attn[{last}]"] = _err(out["attn"][last], ref_attn_last)
+  errs[f"attn[{last}]"] = max_abs_error(out["attn"][last], ref_attn_last)
   return errs
 
 
-def _err(a: Any, b: Any) -> float:
+def max_abs_error(a: Any, b: Any) -> float:
+  """max |a - b| in float64; a and b are jax/numpy arrays or torch tensors of the same shape."""
   a, b = np.asarray(a, np.float64), np.asarray(_numpy(b), np.float64)
   if a.shape != b.shape:
     raise AssertionError(f"shape {a.shape} vs reference {b.shape}")
