@@ -234,11 +234,13 @@ class Mlp(nn.Module):
   act: str = "gelu"
   dtype: Dtype = F32
   fc2_init: Callable = nn.initializers.xavier_uniform()
+  fc1_init: Callable = nn.initializers.xavier_uniform()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
-    y = Dense(self.hidden, dtype=self.dtype, kernel_axes=("embed", "mlp"), name="fc1")(x)
+    y = Dense(self.hidden, dtype=self.dtype, kernel_axes=("embed", "mlp"),
+              kernel_init=self.fc1_init, name="fc1")(x)
     y = activation(self.act)(y)
     y = nn.with_logical_constraint(y, ("batch", "length", "mlp"))
     return Dense(d, dtype=self.dtype, kernel_axes=("mlp", "embed"),
@@ -262,6 +264,7 @@ class Block(nn.Module):
   qkv_init: Optional[Callable] = None
   out_init: Callable = nn.initializers.xavier_uniform()
   fc2_init: Callable = nn.initializers.xavier_uniform()
+  fc1_init: Callable = nn.initializers.xavier_uniform()
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: Optional[jax.Array] = None,
@@ -271,7 +274,7 @@ class Block(nn.Module):
                              LayerNorm(self.ln_eps, name="ln1")(x), bias, deterministic,
                              return_probs)
     x = x + DropPath(self.drop_path)(self._scale(y, "ls1"), deterministic)
-    y = Mlp(self.mlp_dim, self.act, self.dtype, self.fc2_init, name="mlp")(
+    y = Mlp(self.mlp_dim, self.act, self.dtype, self.fc2_init, self.fc1_init, name="mlp")(
         LayerNorm(self.ln_eps, name="ln2")(x))
     x = x + DropPath(self.drop_path)(self._scale(y, "ls2"), deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -299,12 +302,14 @@ def patchify(images: jax.Array, patch: int) -> jax.Array:
 class PatchEmbed(nn.Module):
   """Conv with stride = kernel = patch, as a matmul on flattened (p, q, c) patches.
 
-  The kernel is stored as [p, p, C, D] (HWIO, like a Flax conv).
+  The kernel is stored as [p, p, C, D] (HWIO, like a Flax conv). `kernel_init` (None: MAE's
+  xavier-uniform on the flattened kernel) receives the [p, p, C, D] shape.
   """
   patch: int
   width: int
   use_bias: bool = True
   dtype: Dtype = F32
+  kernel_init: Optional[Callable] = None
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -314,7 +319,8 @@ class PatchEmbed(nn.Module):
     def init(key, shape, dtype=F32):  # xavier-uniform on the flattened kernel (MAE)
       return xavier_uniform_fused(fan_in, self.width)(key, shape, dtype)
 
-    kernel = self.param("kernel", partitioned(init, (None, None, None, "embed")),
+    kernel = self.param("kernel", partitioned(self.kernel_init or init,
+                                              (None, None, None, "embed")),
                         (self.patch, self.patch, c, self.width), F32)
     x = patchify(images, self.patch)
     y = einsum("bnk,kd->bnd", x, kernel.reshape(fan_in, self.width), self.dtype)
