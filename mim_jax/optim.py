@@ -4,12 +4,20 @@ lr = base_lr * global_batch / 256 (the MAE/MaskAlign scaling rule), linear warmu
 cosine decay to `min_lr`. AdamW decays only kernels (matrices of Dense/attention/patch layers);
 biases, norms, position/CLS/mask tokens, layer-scale gammas and the alignment matrix are excluded
 (their leaf names do not end in "kernel").
+
+Layer-wise lr decay (fine-tuning, optional `optim.layer_decay`): the update of a parameter in
+layer l of a depth-L student is scaled by decay ** (L + 1 - l), where the patch embedding, CLS and
+position embedding are layer 0, `block{i}` is layer i + 1, and everything else (final norms,
+heads) is layer L + 1 (scale 1). Scaling AdamW's final update scales its weight-decay term too,
+which is exactly a per-parameter-group lr as MAE/BEiT's fine-tuning sets it.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -50,6 +58,54 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
+# Leaf names that belong to the embedding, layer 0 of layer-wise decay.
+EMBEDDING_NAMES = ("patch_embed", "cls", "pos_embedding", "mask_token")
+_BLOCK = re.compile(r"^block(\d+)$")
+
+
+def _path_names(path) -> list[str]:
+  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def layer_id(names: list[str], depth: int) -> int:
+  """Layer of a parameter from its path names: embeddings 0, block{i} i + 1, others depth + 1."""
+  for name in names:
+    match = _BLOCK.match(name)
+    if match:
+      return int(match.group(1)) + 1
+  if any(name in EMBEDDING_NAMES for name in names):
+    return 0
+  return depth + 1
+
+
+def layer_decay_scales(params: Any, decay: float) -> Any:
+  """A tree like `params` of python floats decay ** (depth + 1 - layer_id).
+
+  depth = the number of distinct `block{i}` indices in the tree: meant for a tree with one
+  encoder (fine-tuning), not for one with decoder blocks too.
+  """
+  paths = [_path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  blocks = {int(m.group(1)) for names in paths for n in names for m in [_BLOCK.match(n)] if m}
+  depth = len(blocks)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: float(decay) ** (depth + 1 - layer_id(_path_names(p), depth)), params)
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+  """Multiplies each update by its layer's `layer_decay_scales` factor (stateless)."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    scales = layer_decay_scales(updates, decay)
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
   name = optim.get("name", "adamw")
@@ -61,4 +117,6 @@ def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule
   chain.append(optax.adamw(schedule, b1=float(optim.b1), b2=float(optim.b2),
                            eps=float(optim.get("eps", 1e-8)),
                            weight_decay=float(optim.weight_decay), mask=decay_mask))
+  if optim.get("layer_decay") is not None:
+    chain.append(scale_by_layer_decay(float(optim.layer_decay)))
   return optax.chain(*chain)

@@ -14,6 +14,7 @@ from types import ModuleType
 
 METHODS = {
     "maskalign": "mim_jax.objectives.maskalign",
+    "classify": "mim_jax.objectives.classify",
 }
 
 
