@@ -102,16 +102,13 @@ def _check_finite(step: int, scalars: dict, mngr) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last
   logged scalars."""
+  teacher = load_teacher(config)  # bad teacher or data input fails before anything is written
+  mesh = sharding_lib.make_mesh(config.mesh)
+  total_steps, warmup_steps = durations(config, input_pipeline.num_examples(config.data))
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-
-  teacher = load_teacher(config)
-  mesh = sharding_lib.make_mesh(config.mesh)
-  builder = input_pipeline.get_builder(config.data.name, config.data.get("data_dir"))
-  total_steps, warmup_steps = durations(
-      config, builder.info.splits[config.data.split].num_examples)
   setup = make_setup(config, teacher, mesh, total_steps, warmup_steps)
 
   mngr = ckpt_lib.manager(workdir, keep=config.keep_checkpoints,

@@ -119,6 +119,15 @@ def get_builder(name: str, data_dir: Optional[str] = None) -> tfds.core.DatasetB
     raise _not_found(name, data_dir or "$TFDS_DATA_DIR or ~/tensorflow_datasets") from None
 
 
+def num_examples(config_data: ml_collections.ConfigDict, split: Optional[str] = None) -> int:
+  """Examples in the (global) split, from the builder's metadata; the epoch length."""
+  builder = get_builder(config_data.name, _field(config_data, "data_dir"))
+  split = split or _field(config_data, "split")
+  if not builder.info.splits:
+    raise _not_found(builder.name, str(builder.data_dir_root))
+  return builder.info.splits[split].num_examples
+
+
 def _host_split(split: str) -> Any:
   """This host's even share of `split` (hosts' shares differ by at most one example)."""
   return tfds.even_splits(split, n=jax.process_count())[jax.process_index()]

@@ -1,0 +1,97 @@
+"""The train loop end to end on the digits dataset: exact resume, mesh change, NaN stop,
+one-line errors for bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import maskalign_b16_clip_b16
+from mim_jax import checkpoint as ckpt_lib, sharding, step as step_lib, train
+
+
+def config_for(teacher_dir, total_steps, **kw):
+  c = maskalign_b16_clip_b16.get_config("runlocal=True")
+  c.teacher.spec = teacher_dir
+  c.total_steps = total_steps
+  c.checkpoint_every = 2
+  c.optim.lr = 1e-3
+  c.async_checkpoint = True
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def restore_params(config, workdir, mesh_spec):
+  teacher = train.load_teacher(config)
+  config.mesh.data, config.mesh.fsdp = mesh_spec
+  setup = train.make_setup(config, teacher, sharding.make_mesh(config.mesh), 4, 0)
+  abstract, shardings = step_lib.state_shardings(setup)
+  return ckpt_lib.restore(ckpt_lib.manager(workdir), abstract, shardings)
+
+
+@pytest.mark.slow
+def test_resume_is_exact_and_restores_on_another_mesh(tmp_path, tiny_vit_teacher_dir):
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  train.train_and_evaluate(config_for(tiny_vit_teacher_dir, 4), straight)
+  train.train_and_evaluate(config_for(tiny_vit_teacher_dir, 2), split)
+  assert sorted(os.listdir(os.path.join(split, "checkpoints"))) == ["2"]
+  train.train_and_evaluate(config_for(tiny_vit_teacher_dir, 4), split)  # resumes at 2
+  a, b = losses(straight), losses(split)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+  assert [a[s] for s in a] == [b[s] for s in a]  # bit-identical losses
+  step_a, state_a = restore_params(config_for(tiny_vit_teacher_dir, 4), straight, (8, 1))
+  step_b, state_b = restore_params(config_for(tiny_vit_teacher_dir, 4), split, (2, 4))
+  assert step_a == step_b == 4
+  qkv = state_b.params["student"]["block0"]["attn"]["qkv_kernel"]
+  assert qkv.sharding.mesh.shape["fsdp"] == 4 and qkv.sharding.spec[0] == "fsdp"
+  for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, tiny_vit_teacher_dir):
+  config = config_for(tiny_vit_teacher_dir, 6)
+  config.optim.lr = 1e30  # diverges within a few steps
+  config.optim.b1 = 0.0
+  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+.*(checkpoint|no checkpoint)"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"))
+
+
+def run_main(args, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", "mim_jax.main", *args], capture_output=True,
+                        text=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
+                        timeout=300)
+
+
+def test_misspelt_override_names_closest_key(tmp_path):
+  r = run_main(["--config", "configs/maskalign_b16_clip_b16.py:runlocal=True",
+                "--workdir", str(tmp_path), "--config.mask.ration=0.5"])
+  assert r.returncode != 0
+  assert "did you mean --config.mask.ratio?" in r.stderr.strip().splitlines()[-1]
+
+
+def test_missing_teacher_directory_is_one_line(tmp_path):
+  r = run_main(["--config", "configs/maskalign_b16_clip_b16.py:runlocal=True",
+                "--workdir", str(tmp_path), "--config.teacher.spec=/nonexistent/teacher"])
+  assert r.returncode != 0
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "/nonexistent/teacher" in last
+  assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_missing_dataset_is_one_line(tmp_path, tiny_vit_teacher_dir):
+  r = run_main(["--config", "configs/maskalign_b16_clip_b16.py:runlocal=True",
+                "--workdir", str(tmp_path), f"--config.teacher.spec={tiny_vit_teacher_dir}",
+                "--config.data.name=imagenet2012", f"--config.data.data_dir={tmp_path}/none"])
+  assert r.returncode != 0
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "imagenet2012" in last and "data_dir" in last
