@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set-up and local runs on a fresh clone (only Python 3.11 and pip needed):
+#   bash launch/local.sh demo [--workdir runs/demo]   # installs, then runs the demo
+#   bash launch/local.sh test [pytest args]           # installs, then runs the test suite
+#   bash launch/local.sh train --config ... --workdir ...   # python -m mim_jax.main
+#   bash launch/local.sh setup                        # installs only
+# The virtual environment is .venv (MIM_JAX_VENV overrides); requirements are installed again
+# only when requirements.txt changes.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=${MIM_JAX_VENV:-$root/.venv}
+python=${PYTHON:-python3}
+
+if [[ ! -x $venv/bin/python ]]; then
+  "$python" -m venv "$venv"
+fi
+stamp=$venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+# jemalloc, when the machine has it, removes page-fault stalls from large XLA allocations.
+for lib in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2; do
+  if [[ -f $lib ]]; then
+    export LD_PRELOAD=${LD_PRELOAD:+$LD_PRELOAD:}$lib
+    export MALLOC_CONF=${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}
+    break
+  fi
+done
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+  setup) ;;
+  test) exec "$venv/bin/python" -m pytest "$@" ;;
+  demo) exec "$venv/bin/python" -m mim_jax.demo "$@" ;;
+  train) exec "$venv/bin/python" -m mim_jax.main "$@" ;;
+  *) echo "usage: bash launch/local.sh {setup|test|demo|train} [args]" >&2; exit 2 ;;
+esac
