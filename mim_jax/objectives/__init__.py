@@ -14,6 +14,8 @@ from types import ModuleType
 
 METHODS = {
     "maskalign": "mim_jax.objectives.maskalign",
+    "maskdistill": "mim_jax.objectives.maskdistill",
+    "fd": "mim_jax.objectives.fd",
     "classify": "mim_jax.objectives.classify",
 }
 
