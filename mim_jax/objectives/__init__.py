@@ -16,6 +16,8 @@ METHODS = {
     "maskalign": "mim_jax.objectives.maskalign",
     "maskdistill": "mim_jax.objectives.maskdistill",
     "fd": "mim_jax.objectives.fd",
+    "mae": "mim_jax.objectives.mae",
+    "mrmae": "mim_jax.objectives.mrmae",
     "classify": "mim_jax.objectives.classify",
 }
 

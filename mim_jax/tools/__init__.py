@@ -1,0 +1,1 @@
+"""Command-line tools that sit beside training (dataset statistics, config loading)."""

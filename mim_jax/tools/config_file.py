@@ -1,0 +1,58 @@
+"""Loading an experiment config from `path[:arg]`, as `--config` spells it, outside absl flags.
+
+`mim_jax.main` reads configs through ml_collections' config_flags; tools that only need the
+ConfigDict (dataset statistics, the sweep launcher's checks) use `load` here instead.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from types import ModuleType
+from typing import Any, Iterable, Optional
+
+import ml_collections
+
+from mim_jax import config as config_lib
+
+
+def split_spec(spec: str) -> tuple[str, Optional[str]]:
+  """'configs/x.py:runlocal=True' -> ('configs/x.py', 'runlocal=True'); no ':' -> arg None."""
+  path, sep, arg = spec.partition(":")
+  return path, (arg if sep else None)
+
+
+def load_module(path: str) -> ModuleType:
+  """Imports a Python file by path (a config or a sweep file)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No such file: {path}")
+  name = "_mim_jax_file_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the file named by `spec` = 'path[:arg]'."""
+  path, arg = split_spec(spec)
+  module = load_module(path)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path} has no get_config(arg).")
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def check_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
+  """Raises KeyError naming the closest valid key for any dotted key the config lacks."""
+  valid = set(config_lib.flat_keys(config))
+  for key in keys:
+    if key not in valid:
+      guess = config_lib.closest_key(config, key)
+      hint = f"; did you mean {guess!r}?" if guess else ""
+      raise KeyError(f"{key!r} is not a field of the config{hint}")
+
+
+def get_dotted(config: ml_collections.ConfigDict, key: str) -> Any:
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
