@@ -7,10 +7,9 @@ checkpoint, else born sharded), then the loop. Periodic work (logging, checkpoin
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import os
-import time
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -41,6 +40,9 @@ def load_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Teacher
   spec = config.teacher.get("spec")
   if not spec:
     return None
+  if spec == "demo":  # the demo's own teacher, trained on first use by this same loop
+    from mim_jax import demo  # pylint: disable=import-outside-toplevel
+    spec = demo.ensure_teacher(runlocal=config.get("runlocal", False))
   teacher = teachers.load(spec, dtype=config.teacher.get("dtype", "float32"))
   _, patch = config_lib.decode_variant(config.student.variant)
   grid = teachers.teacher.student_grid(config.data.image_size, patch, teacher.grid)
@@ -99,9 +101,18 @@ def _check_finite(step: int, scalars: dict, mngr) -> None:
                              f"learning rate or check the data, then resume from it.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last
-  logged scalars."""
+@dataclasses.dataclass
+class Result:
+  """What a finished run leaves in memory: the final state and what built it."""
+  state: step_lib.TrainState
+  setup: step_lib.Setup
+  teacher_params: Any
+  scalars: dict[str, float]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Result:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint (a finished run is only
+  restored)."""
   teacher = load_teacher(config)  # bad teacher or data input fails before anything is written
   mesh = sharding_lib.make_mesh(config.mesh)
   total_steps, warmup_steps = durations(config, input_pipeline.num_examples(config.data))
@@ -162,4 +173,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     mngr.wait_until_finished()
     writer.close()
-  return last
+  return Result(state=state, setup=setup, teacher_params=t_params, scalars=last)
