@@ -136,6 +136,27 @@ def test_train_steps_fit_a_fixed_batch():
   assert "accuracy" in metrics
 
 
+def test_finetune_step_with_mixup_cutmix_and_layer_decay():
+  config = finetune_b16.get_config("runlocal=True")
+  mesh = sharding.make_mesh({"data": 8})
+  setup = train.make_setup(config, None, mesh, total_steps=10, warmup_steps=1)
+  state = step_lib.init_state(setup, jax.random.key(0))
+  assert set(state.params) == {"student", "head", "fc_norm"}
+  batch = {"image": jax.random.normal(jax.random.key(1), (16, 16, 16, 3)),
+           "label": jnp.arange(16, dtype=jnp.int32) % 10}
+  batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+  fn = step_lib.jit_train_step(setup, batch)
+  before = jax.device_get(state.params)
+  for _ in range(2):
+    state, metrics = fn(state, None, batch)
+  assert np.isfinite(float(metrics["loss"]))
+  after = jax.device_get(state.params)
+  # Layer decay: the patch embedding (layer 0) moves less than the head (scale 1).
+  moved = lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max())
+  assert (moved(after["student"]["patch_embed"]["bias"], before["student"]["patch_embed"]["bias"])
+          < moved(after["head"]["bias"], before["head"]["bias"]))
+
+
 # --------------------------------------------------------------------------------------------
 # Layer-wise lr decay.
 # --------------------------------------------------------------------------------------------
