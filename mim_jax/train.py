@@ -29,6 +29,7 @@ from mim_jax import step as step_lib
 from mim_jax import teachers
 from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
+from mim_jax.evaluation import features, knn
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -89,6 +90,16 @@ def mask_fn(config: ml_collections.ConfigDict, grid: tuple[int, int]):
   if config.mask.kind != "block":
     return None
   return functools.partial(block_mask.block_masks, grid=grid, ratio=config.mask.ratio)
+
+
+def knn_eval(config: ml_collections.ConfigDict, mesh, encoder: Any, params: Any) -> float:
+  """kNN top-1 (config.eval: k, temperature) of a frozen encoder `(params, images) -> [B, D]`:
+  features of one eval pass over the train split, classified on `data.eval_split`."""
+  iterators = [input_pipeline.make_eval_iterator(config.data, mesh=mesh, split=split,
+                                                 global_batch_size=config.eval.batch_size)
+               for split in (config.data.split, config.data.eval_split)]
+  return knn.knn_evaluate(encoder, params, *iterators, k=config.eval.knn_k,
+                          temperature=config.eval.knn_temperature)["knn/top1"]
 
 
 def _check_finite(step: int, scalars: dict, mngr) -> None:
@@ -170,6 +181,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
         last = scalars
       if ckpt_now:
         ckpt_lib.save(mngr, done, state)
+      if config_lib.should_run(done, config.eval.get("every"), total_steps):
+        encoder = features.encoder_fn(student, pool=config.eval.get("pool", "cls"))
+        top1 = knn_eval(config, mesh, encoder, state.params["student"])
+        writer.write(done, {"knn/top1": top1})
+        logging.info("step %d kNN top-1 %.4f", done, top1)
   finally:
     mngr.wait_until_finished()
     writer.close()

@@ -1,0 +1,45 @@
+"""Every config in configs/ builds, and trains one step at its runlocal size."""
+import glob
+import importlib
+import os
+
+import pytest
+
+from mim_jax import config as config_lib, objectives, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if not os.path.basename(p).startswith(("_", "common")))
+
+
+def load(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_configs_exist_for_every_method():
+  methods = {load(name).method for name in CONFIGS}
+  assert set(objectives.METHODS) <= methods
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_full_size_config_is_valid(name):
+  c = load(name)
+  config_lib.decode_variant(c.student.variant)
+  assert c.method in objectives.METHODS
+  assert c.batch_size > 0 and c.data.image_size % config_lib.decode_variant(
+      c.student.variant)[1] == 0
+  doc = importlib.import_module(f"configs.{name}").__doc__ or ""
+  assert "python -m mim_jax.main --config configs/" in doc  # the command that runs it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CONFIGS)
+def test_runlocal_trains_one_step(name, tmp_path, tiny_vit_teacher_dir):
+  c = load(name, "runlocal=True")
+  if c.teacher.get("spec"):
+    c.teacher.spec = tiny_vit_teacher_dir  # a real transformers checkpoint, random weights
+  c.total_steps = 1
+  c.checkpoint_every = 1
+  result = train.train_and_evaluate(c, str(tmp_path))
+  assert result.scalars["loss"] > 0 and int(result.state.step) == 1
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]
