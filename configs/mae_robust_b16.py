@@ -13,7 +13,8 @@ On top of configs/mae_b16.py:
     python -m mim_jax.tools.dataset_stats --config configs/mae_robust_b16.py --out stats.npz
   then --config.objective.global_norm=global_patch --config.objective.stats_path=stats.npz;
 - mid-level mask tokens: another 25% of the patches (49 of 196, drawn from the masked ones)
-  enter the encoder as mask tokens before block 8 (objective.mid_mask_ratio / mid_mask_depth).
+  enter the encoder as mask tokens after its first 8 blocks (objective.mid_mask_ratio /
+  mid_mask_depth).
 
 Arguments: variant=B/16 (student size), runlocal=True (nano student, tiny decoder, digits).
 """
@@ -43,6 +44,7 @@ def get_config(arg=None):
   c.data.crop_scale = (0.5, 1.0)
   if arg.runlocal:
     common.shrink_for_local(c)
+    c.warmup_epochs = None  # shrink_for_local warms up for 1 step
     c.objective.decoder.width, c.objective.decoder.depth = 32, 2
     c.objective.decoder.heads, c.objective.decoder.mlp_dim = 2, 64
     c.objective.mid_mask_depth = 1  # the nano student has 2 blocks

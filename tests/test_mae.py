@@ -108,18 +108,50 @@ def test_dataset_stats_on_a_synthetic_stream(stats_file):
 def test_config_errors(tmp_path):
   with pytest.raises(ValueError, match="needs objective.stats_path"):
     mae.make_model(mae_config(global_norm="global_patch"))
-  with pytest.raises(NotImplementedError, match="mid_mask_ratio"):
-    mae.make_model(mae_config(mid_mask_ratio=0.25))
+  with pytest.raises(ValueError, match="asks for 4 mid-level mask tokens, but only 3 of 4"):
+    mae.make_model(mae_config(mid_mask_ratio=1.0, mid_mask_depth=1))
+  config = mae_config(mid_mask_ratio=0.5, mid_mask_depth=2)
+  with pytest.raises(ValueError, match="not a block of the 2-block student"):
+    mae.make_model(config)
+  config.mask.ratio = 0.5
+  config.objective.mid_mask_depth = 1
+  assert mae.make_model(config).mid_mask_count == 2
   bad = tmp_path / "bad.npz"
   np.savez(bad, rgb_mean=np.zeros(3))
   with pytest.raises(ValueError, match="lacks"):
     mae.make_model(mae_config(global_norm="global_rgb", stats_path=str(bad)))
 
 
+def test_mid_level_mask_tokens_are_the_first_masked_patches():
+  config = mae_config(mid_mask_ratio=0.25, mid_mask_depth=1)
+  config.data.image_size = 16
+  config.objective.decoder.update(width=16, depth=1, heads=2, mlp_dim=32)
+  model = mae.make_model(config)
+  assert model.mid_mask_count == 4  # 16 patches: 4 visible, 4 inserted, 8 only in the decoder
+  masks = masking.random_masks(jax.random.key(0), 2, 16, 0.75)
+  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  params = jax.jit(model.init)(jax.random.key(2), images, masks)["params"]
+  pred = jax.jit(model.apply)({"params": params}, images, masks)["pred"]
+  assert "mid_mask_token" in params["student"]
+
+  @jax.jit
+  def by_hand(params):
+    shuffle = jnp.argsort(masks.ids_restore, axis=1)
+    latent, _ = model.student.apply({"params": params["student"]}, images, masks.ids_keep,
+                                    mid_ids=shuffle[:, 4:8], mid_depth=1)
+    return latent, model.decoder.apply({"params": params["decoder"]}, latent, masks.ids_restore)
+
+  latent, expected = by_hand(params)
+  assert latent.shape == (2, 1 + 4 + 4, 32)
+  np.testing.assert_allclose(pred, expected, atol=1e-6)
+
+
 def train_config():
   c = mae_config(variant="nano/4")
   c.data.image_size = 16
+  # The robust ingredients on: drop edge, mid-level mask tokens.
   c.objective.decoder.update(width=32, depth=1, heads=2, mlp_dim=64, attn_drop=0.1)
+  c.objective.update(mid_mask_ratio=0.25, mid_mask_depth=1)
   c.seed = 0
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=2e-3, min_lr=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,

@@ -114,6 +114,9 @@ def test_mae_configs():
   assert local.student.variant == "nano/4" and local.data.image_size == 16
   model = mae.make_model(local)
   assert model.decoder.grid == (4, 4) and model.decoder.out_dim == 48
+  assert model.mid_mask_count == 0
+  robust = mae.make_model(load("mae_robust_b16.py", "runlocal=True"))
+  assert (robust.mid_mask_count, robust.mid_depth, robust.decoder.attn_drop) == (4, 1, 0.3)
 
 
 def test_mrmae_config():

@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from mim_jax import config as config_lib
+from mim_jax import masking
 from mim_jax.models import layers
 from mim_jax.models.decoder import Decoder
 from mim_jax.models.vit import ViT
@@ -70,6 +71,12 @@ def per_patch_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
+def _std_floor(std: np.ndarray, floor: float = 1e-6) -> jax.Array:
+  """A dataset std as a divisor: a dimension constant over the dataset (e.g. a border that is
+  always background) would otherwise divide 0 by 0."""
+  return jnp.maximum(jnp.asarray(std, F32), floor)
+
+
 def pixel_targets(images: jax.Array, patch: int, *, norm_pix: bool = True,
                   global_norm: str = "none", stats: Optional[dict] = None) -> jax.Array:
   """Reconstruction targets [B, N, p*p*3] from student-normalised images [B, H, W, 3].
@@ -81,14 +88,14 @@ def pixel_targets(images: jax.Array, patch: int, *, norm_pix: bool = True,
   if global_norm not in GLOBAL_NORMS:
     raise ValueError(f"Unknown global_norm {global_norm!r}; use one of {GLOBAL_NORMS}.")
   if global_norm == "global_rgb":
-    x = (x - jnp.asarray(stats["rgb_mean"], F32)) / jnp.asarray(stats["rgb_std"], F32)
+    x = (x - jnp.asarray(stats["rgb_mean"], F32)) / _std_floor(stats["rgb_std"])
   x = layers.patchify(x, patch)
   if global_norm == "global_patch":
     mean, std = np.asarray(stats["patch_mean"]), np.asarray(stats["patch_std"])
     if mean.shape != (x.shape[-1],):
       raise ValueError(f"patch statistics have {mean.shape[0]} dimensions, but a {patch}x{patch}"
                        f" RGB patch has {x.shape[-1]}: compute them with this patch size.")
-    x = (x - jnp.asarray(mean, F32)) / jnp.asarray(std, F32)
+    x = (x - jnp.asarray(mean, F32)) / _std_floor(std)
   if norm_pix:
     x = per_patch_normalize(x)
   return x
@@ -152,13 +159,27 @@ def make_decoder(config: ml_collections.ConfigDict, student: ViT) -> Decoder:
 
 
 class MAEModel(nn.Module):
-  """Student encoder on visible tokens + pixel decoder. Output: {"pred": [B, N, p*p*3]}."""
+  """Student encoder on visible tokens + pixel decoder. Output: {"pred": [B, N, p*p*3]}.
+
+  With `mid_mask_count` = m > 0 (robust MAE's mid-level mask tokens), the first m masked patches
+  of the shuffle (a uniformly random subset under random masking) enter the encoder as its
+  `mid_mask_token` + their position embedding before block `mid_depth`; the encoder then returns
+  [CLS, n visible, m inserted] tokens, which are the first n + m entries of the shuffle, so the
+  decoder's `ids_restore` places them unchanged. They are still masked patches: the loss covers
+  them with the other masked ones.
+  """
   student: ViT
   decoder: Decoder
+  mid_mask_count: int = 0
+  mid_depth: int = 8
 
   @nn.compact
   def __call__(self, images: jax.Array, masks: Any, *, train: bool = False) -> dict:
-    latent, _ = self.student(images, masks.ids_keep, train=train)  # [B, 1 + n, D], final norm
+    mid = {}
+    if self.mid_mask_count:
+      mid = dict(mid_ids=masking.masked_ids(masks)[:, :self.mid_mask_count],
+                 mid_depth=self.mid_depth)
+    latent, _ = self.student(images, masks.ids_keep, train=train, **mid)  # [B, 1+n(+m), D]
     return {"pred": self.decoder(latent, masks.ids_restore, train=train)}
 
 
@@ -170,18 +191,35 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if obj.global_norm not in GLOBAL_NORMS:
     raise ValueError(f"Unknown global_norm {obj.global_norm!r}; use one of {GLOBAL_NORMS}.")
   target_stats(obj)  # a missing or malformed stats file fails here, not in the first step
-  if obj.get("mid_mask_ratio"):
-    raise NotImplementedError(
-        "objective.mid_mask_ratio > 0 (robust MAE's second set of mask tokens inside the "
-        "encoder) needs the student ViT's mid-depth mask-token hook, which has not landed in "
-        "mim_jax/models/vit.py yet; set objective.mid_mask_ratio=0.0.")
+
+
+def mid_mask_count(config: ml_collections.ConfigDict, student: ViT) -> int:
+  """m = int(N * mid_mask_ratio) mid-level mask tokens (49 of 196 at 0.25), checked to fit in
+  the masked patches and `mid_mask_depth` to be a block of the student."""
+  obj = config.objective
+  n_all = student.num_patches
+  count = int(n_all * obj.get("mid_mask_ratio", 0.0))
+  if not count:
+    return 0
+  n_masked = n_all - masking.num_keep(n_all, config.mask.ratio)
+  if config.mask.kind not in ("random", "attentive", "focused"):
+    raise ValueError(f"mid-level mask tokens need ratio-based masking, not {config.mask.kind!r}.")
+  if count > n_masked:
+    raise ValueError(f"mid_mask_ratio={obj.mid_mask_ratio} asks for {count} mid-level mask "
+                     f"tokens, but only {n_masked} of {n_all} patches are masked.")
+  if not 0 <= obj.mid_mask_depth < student.depth:
+    raise ValueError(f"mid_mask_depth={obj.mid_mask_depth} is not a block of the "
+                     f"{student.depth}-block student.")
+  return count
 
 
 def make_model(config: ml_collections.ConfigDict, teacher: Any = None) -> MAEModel:
   del teacher  # MAE has none
   check_config(config)
   student = common.make_student(config)
-  return MAEModel(student=student, decoder=make_decoder(config, student))
+  return MAEModel(student=student, decoder=make_decoder(config, student),
+                  mid_mask_count=mid_mask_count(config, student),
+                  mid_depth=config.objective.mid_mask_depth)
 
 
 def loss_fn(out: dict, teacher_out: Optional[dict], masks: Any, batch: dict,
@@ -211,8 +249,9 @@ def recon_config() -> ml_collections.ConfigDict:
 
 def default_config() -> ml_collections.ConfigDict:
   c = recon_config()
-  # Robust MAE's mid-level mask tokens: this fraction of the N patches enters the encoder as
-  # mask tokens before block `mid_mask_depth` (0.0: off; the paper: 0.25 at depth 8 for ViT-B).
+  # Robust MAE's mid-level mask tokens: int(N * ratio) of the masked patches enter the encoder
+  # as mask tokens before block `mid_mask_depth` (0-based, i.e. after that many blocks; 0.0: off;
+  # the paper: 0.25 "at the 8th depth" for ViT-B).
   c.mid_mask_ratio = 0.0
   c.mid_mask_depth = 8
   return c

@@ -115,9 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   _, patch = config_lib.decode_variant(config.student.variant)
   stats = image_stats(pipeline_batches(config, args.num_batches, args.batch_size), patch)
   save(args.out, stats)
+  fmt = lambda v: "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
   print(f"{args.out}: {int(stats['num_images'])} images of {config.data.name}, patch {patch}; "
-        f"rgb mean {np.round(stats['rgb_mean'], 4).tolist()} std "
-        f"{np.round(stats['rgb_std'], 4).tolist()}")
+        f"rgb mean {fmt(stats['rgb_mean'])} std {fmt(stats['rgb_std'])}")
 
 
 if __name__ == "__main__":
