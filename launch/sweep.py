@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script: make `mim_jax` and `configs` importable
   sys.path.insert(0, ROOT)
 
+from mim_jax import config as config_lib  # noqa: E402  pylint: disable=wrong-import-position
 from mim_jax.tools import config_file  # noqa: E402  pylint: disable=wrong-import-position
 
 Point = dict[str, Any]
@@ -95,7 +96,7 @@ def check_points(config_spec: str, points: Sequence[Point]) -> None:
   """Every override key must be a field (or a sub-config) of the config."""
   config = config_file.load(config_spec)
   keys = {k for p in points for k in p}
-  valid = set(config_file.config_lib.flat_keys(config))
+  valid = set(config_lib.flat_keys(config))
   prefixes = {v.rsplit(".", i)[0] for v in valid for i in range(1, v.count(".") + 1)}
   config_file.check_keys(config, sorted(keys - prefixes))
 

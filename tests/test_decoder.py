@@ -44,11 +44,21 @@ def small_decoder(**kw):
   return Decoder(grid=GRID, out_dim=4 * 4 * 3, width=16, depth=1, num_heads=2, mlp_dim=32, **kw)
 
 
-@functools.partial(jax.jit, static_argnames=("decoder", "n_visible"))
 def init(decoder, n_visible=4):
+  """The decoder's own initialisation (jitted)."""
   x = jnp.zeros((2, 1 + n_visible, 8))
   restore = jnp.tile(jnp.arange(N)[None], (2, 1))
-  return nn.unbox(decoder.init(jax.random.key(0), x, restore))["params"]
+  return nn.unbox(jax.jit(decoder.init)(jax.random.key(0), x, restore))["params"]
+
+
+def random_params(decoder, n_visible=4, seed=0):
+  """Params of the right shapes filled with N(0, 0.5) numpy draws: no init to compile (the
+  random-number code of a jitted init is slow to compile on CPU)."""
+  x = jnp.zeros((2, 1 + n_visible, 8))
+  restore = jnp.tile(jnp.arange(N)[None], (2, 1))
+  shapes = nn.unbox(jax.eval_shape(decoder.init, jax.random.key(0), x, restore))["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape), s.dtype), shapes)
 
 
 @functools.partial(jax.jit, static_argnames=("decoder", "train"))
@@ -75,7 +85,7 @@ def test_output_follows_patches_not_encoder_order():
   # The same visible patches fed in two different orders (with the matching ids_restore) must
   # give the same prediction at every original position: fails if unshuffling is wrong.
   dec = small_decoder()
-  params = init(dec)
+  params = random_params(dec)
   rng = np.random.default_rng(0)
   tokens = rng.normal(size=(1, N, 8)).astype(np.float32)  # one token per original patch
   cls = rng.normal(size=(1, 1, 8)).astype(np.float32)
@@ -101,7 +111,7 @@ def test_output_follows_patches_not_encoder_order():
 def test_position_embedding_is_maes():
   # With no blocks, a masked patch's prediction is pred(LN(mask_token + pos[i])).
   dec = Decoder(grid=GRID, out_dim=3, width=16, depth=0, num_heads=2, mlp_dim=32)
-  params = init(dec)
+  params = random_params(dec)
   restore = jnp.tile(jnp.arange(N)[None], (2, 1))
   x = jax.random.normal(jax.random.key(5), (2, 5, 8))
   out = apply(dec, params, x, restore)
@@ -114,7 +124,7 @@ def test_position_embedding_is_maes():
 
 def test_attention_dropout_only_in_training():
   dec = small_decoder(attn_drop=0.3)
-  params = init(dec)
+  params = random_params(dec)
   masks = masking.random_masks(jax.random.key(1), 2, N, 0.75)
   x = jax.random.normal(jax.random.key(2), (2, 5, 8))
   run = lambda train, seed: apply(dec, params, x, masks.ids_restore, train, seed)

@@ -11,7 +11,7 @@ import pytest
 
 from mim_jax import masking, optim, sharding, step
 from mim_jax.models.vit import ViT
-from mim_jax.objectives import mae, mrmae
+from mim_jax.objectives import mrmae
 from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
 
 
@@ -111,10 +111,19 @@ def test_fusion_sums_chosen_blocks_then_normalises():
   model = mrmae.make_model(config, teacher)
   masks = masking.random_masks(jax.random.key(0), 2, 4, 0.5)
   images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(2), images, masks))["params"]
-  out = jax.jit(model.apply)({"params": params}, images, masks)
+  # Random params of the model's shapes: no init to compile (slow for RNG code on CPU).
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(2), images, masks))["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
+  @jax.jit  # one compilation for both forwards (compiling dominates on a busy CPU)
+  def forward(params):
+    _, aux = model.student.apply({"params": params["student"]}, images, masks.ids_keep)
+    return model.apply({"params": params}, images, masks), aux
+
+  out, aux = forward(params)
   assert out["mimic"].shape == (2, 3, 12) and out["pred"].shape == (2, 4, 48)
-  _, aux = jax.jit(model.student.apply)({"params": params["student"]}, images, masks.ids_keep)
   x = np.asarray(aux["blocks"][0] + aux["blocks"][1], np.float64)
   ln = params["fusion_norm"]
   fused = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)

@@ -1,4 +1,4 @@
-"""Sweep launcher (names, commands, quoting, key checks), the MaskAlign sweeps, MAE/MR-MAE configs."""
+"""Sweep launcher (names, commands, quoting, key checks), MaskAlign sweeps, MAE/MR-MAE configs."""
 import os
 import shlex
 import sys

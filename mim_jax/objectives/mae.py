@@ -242,7 +242,8 @@ def recon_config() -> ml_collections.ConfigDict:
   """Target switches shared by MAE and MR-MAE (MAE's public-code target by default)."""
   c = ml_collections.ConfigDict(dict(norm_pix=True, global_norm="global_rgb",
                                      decoder=decoder_config()))
-  # An .npz from mim_jax.tools.dataset_stats; None: ImageNet constants (global_rgb only).
+  # An .npz from mim_jax.tools.dataset_stats, read when the step is traced (so on every host:
+  # put it where all of them can read it); None: ImageNet constants (global_rgb only).
   c.stats_path = ml_collections.FieldReference(None, field_type=str)
   return c
 

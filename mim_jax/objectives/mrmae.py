@@ -10,16 +10,21 @@ features E [B, 1 + n, D]:
                (same target switches: norm_pix, global_norm, stats_path).
 Loss = mimic_weight * mimic + recon_weight * recon (0.5 / 0.5). Both terms are means of squared
 errors over elements (the mimic one over the n visible tokens x Dt channels, as MAE's reconstruction
-term is over masked patches x pixels), so the two weights compare like with like.
+term is over masked patches x pixels), so the two weights compare like with like. (The paper's
+Eq. 1-2 write squared norms per token; MAE's code, which it builds on, averages over pixels: the
+factor Dt would only rescale the mimic weight.)
 
 Switches from the paper's bag of tricks:
-  focused mimicking  `config.mask.kind = "focused"`: the visible tokens are the top 25% patches by
-                     the teacher's last-layer CLS attention (deterministic; `masking.focused_masks`).
+  focused mimicking  `config.mask.kind = "focused"`: the visible tokens are the top 25% patches
+                     by the teacher's last-layer CLS attention (deterministic top-k,
+                     `masking.focused_masks`).
                      The paper contrasts it with MAE's random *selection of visible tokens* and
                      picks "the most salient tokens ... for visible feature mimicking", so focused
                      changes which tokens are visible (and hence which the decoder reconstructs),
                      and every visible token enters the mimic loss. (`mask.kind = "attentive"` is
-                     the stochastic, MILAN-like alternative.)
+                     the stochastic, MILAN-like alternative. The other reading, random visible
+                     tokens with the mimic loss on their top-k only, is not offered: the step
+                     asks the teacher for attention only when the masking needs it.)
   multi-layer fusion `objective.fusion_layers = (i, j, ...)`: E = LayerNorm(sum of the residual
                      streams after encoder blocks i, j, ...) replaces the encoder's output for
                      BOTH heads ("utilize the fused ones for high-level feature mimicking and
@@ -30,7 +35,7 @@ Switches from the paper's bag of tricks:
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
