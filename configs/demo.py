@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.optim.lr, c.optim.min_lr = 1e-3, 1e-5  # short run: a fixed peak lr, no batch scaling
   c.log_every = 25
   c.checkpoint_every = 100
-  c.eval.batch_size = 300
+  c.eval.batch_size = 256
   if arg.runlocal:
     c.runlocal = True
     c.total_steps = 4

@@ -1,0 +1,82 @@
+"""The MaskAlign train step against the official PyTorch bar, in one run.
+
+  python benchmarks/step_speed.py [--precision float32,bfloat16] [--steps 5] [--batch 8]
+
+The reference (official PyTorch MaskAlign, ViT-B/16 student, CLIP-B/16 teacher, batch 8, 224 px)
+trains on this kind of machine at 3.65 s/step in float32 and 1.41 s/step under bfloat16
+autocast; one step is 541 GFLOP. This script times the same step here (random weights in the
+real shapes; one CPU device, XLA's threads on all cores), measures the jnp.dot peak in the same
+run, and prints seconds per step, GFLOP/s, the fraction of the peak and the speed-up over the
+bar. Set MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 with jemalloc preloaded for the best
+figures (launch/local.sh does when the machine has libjemalloc).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.teacher_throughput import matmul_peak  # noqa: E402
+from configs import maskalign_b16_clip_b16  # noqa: E402
+from mim_jax import sharding, step as step_lib, teachers, train  # noqa: E402
+
+STEP_GFLOP = 541.0
+PYTORCH_BAR_S = {"float32": 3.65, "bfloat16": 1.41}
+
+
+def time_step(precision: str, batch: int, steps: int) -> tuple[float, float, float]:
+  """(median s/step, best s/step, first-call s) of the jitted MaskAlign step."""
+  config = maskalign_b16_clip_b16.get_config()
+  config.batch_size = batch
+  config.precision = precision
+  config.teacher.dtype = precision
+  teacher = teachers.random_teacher("clip_b16", dtype=precision,
+                                    param_dtype="float32").for_student(224, 16)
+  mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  setup = train.make_setup(config, teacher, mesh, total_steps=1000, warmup_steps=10)
+  state = step_lib.init_state(setup, jax.random.key(0))
+  t_sh = train.teacher_shardings(teacher, mesh)
+  t_params = jax.device_put(teacher.params, t_sh)
+  images = np.random.default_rng(0).standard_normal((batch, 224, 224, 3)).astype(np.float32)
+  batch_arr = {"image": jax.device_put(images, sharding.batch_sharding(mesh, 4))}
+  fn = step_lib.jit_train_step(setup, batch_arr, t_sh)
+  start = time.perf_counter()
+  state, metrics = fn(state, t_params, batch_arr)
+  jax.block_until_ready(metrics)
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = fn(state, t_params, batch_arr)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)), float(min(times)), first
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--precision", default="float32,bfloat16")
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--batch", type=int, default=8)
+  args = parser.parse_args()
+  print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} cores, "
+        f"MALLOC_CONF={os.environ.get('MALLOC_CONF', '-')}", flush=True)
+  for precision in args.precision.split(","):
+    dtype = "bfloat16" if precision == "bfloat16" else "float32"
+    peak = matmul_peak(2048, jax.numpy.dtype(dtype), 3)
+    median, best, first = time_step(precision, args.batch, args.steps)
+    rate = STEP_GFLOP * args.batch / 8 / median
+    print(f"{precision:9s} batch {args.batch}: {median:6.2f} s/step (best {best:.2f}, first "
+          f"call {first:.1f} s)  {rate:6.1f} GFLOP/s = {rate / peak:5.1%} of the {peak:.0f} "
+          f"GFLOP/s jnp.dot peak measured now; PyTorch bar {PYTORCH_BAR_S[precision]:.2f} s/step "
+          f"-> {PYTORCH_BAR_S[precision] / median:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+  main()

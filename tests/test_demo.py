@@ -1,0 +1,26 @@
+"""The demo at runlocal size: its own teacher (trained, exported, loaded as a transformers
+checkpoint), MaskAlign pretraining, the kNN table and the PNGs."""
+import os
+
+import pytest
+from PIL import Image
+
+from mim_jax import demo
+
+
+@pytest.mark.slow
+def test_demo_runlocal(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("MIM_JAX_CACHE", str(tmp_path / "cache"))
+  table = demo.run(str(tmp_path / "run"), runlocal=True)
+  teacher_dir = tmp_path / "cache" / "demo_teacher_local"
+  assert (teacher_dir / "model.safetensors").exists() and (teacher_dir / "config.json").exists()
+  assert len(table) == 3 and all(0.0 <= v <= 1.0 for v in table.values())
+  printed = capsys.readouterr().out
+  assert "kNN top-1" in printed and "MaskAlign student" in printed
+  for name in ("loss_curves.png", "alignment_matrix.png", "cls_attention.png"):
+    with Image.open(tmp_path / "run" / name) as im:
+      assert im.size[0] > 100 and im.size[1] > 100
+  # a second call reuses the exported teacher and resumes the finished run
+  mtime = os.path.getmtime(teacher_dir / "model.safetensors")
+  demo.run(str(tmp_path / "run"), runlocal=True)
+  assert os.path.getmtime(teacher_dir / "model.safetensors") == mtime
