@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
+import threading
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -102,6 +104,31 @@ def knn_eval(config: ml_collections.ConfigDict, mesh, encoder: Any, params: Any)
                           temperature=config.eval.knn_temperature)["knn/top1"]
 
 
+class StopRequest:
+  """SIGINT/SIGTERM set a flag instead of killing the loop mid-step: the loop then writes a
+  checkpoint of the last finished step and returns (a second signal kills as usual)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = True
+    logging.warning("Signal %d: stopping after this step with a checkpoint.", signum)
+    signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
 def _check_finite(step: int, scalars: dict, mngr) -> None:
   bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
   if bad:
@@ -155,38 +182,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   progress = metrics_lib.Progress(total_steps, config.batch_size, start)
   train_step = None
   last: dict[str, float] = {}
-  try:
-    for step in range(start, total_steps):
-      batch = next(data)
-      if train_step is None:
-        train_step = step_lib.jit_train_step(setup, batch, t_sh)
-      state, metrics = train_step(state, t_params, batch)
-      done = step + 1
-      if step == start:
-        jax.block_until_ready(metrics)
-        progress.first_step_done()
-        logging.info("First step (compile + run) took %.1fs", progress.compile_s)
-      log_now = config_lib.should_run(done, config.log_every, total_steps)
-      ckpt_now = config_lib.should_run(done, config.checkpoint_every, total_steps)
-      if log_now or ckpt_now:
-        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(done, scalars, mngr)
-      if log_now:
-        scalars.update(progress.update(done))
-        if progress.compile_s is not None:
-          scalars["perf/compile_s"] = progress.compile_s
-        scalars["data/skipped_images"] = data.num_skipped()
-        writer.write(done, scalars)
-        metrics_lib.log_line(done, total_steps, scalars)
-        last = scalars
-      if ckpt_now:
-        ckpt_lib.save(mngr, done, state)
-      if config_lib.should_run(done, config.eval.get("every"), total_steps):
-        encoder = features.encoder_fn(student, pool=config.eval.get("pool", "cls"))
-        top1 = knn_eval(config, mesh, encoder, state.params["student"])
-        writer.write(done, {"knn/top1": top1})
-        logging.info("step %d kNN top-1 %.4f", done, top1)
-  finally:
-    mngr.wait_until_finished()
-    writer.close()
+  with StopRequest() as stop:
+    try:
+      for step in range(start, total_steps):
+        batch = next(data)
+        if train_step is None:
+          train_step = step_lib.jit_train_step(setup, batch, t_sh)
+        state, metrics = train_step(state, t_params, batch)
+        done = step + 1
+        if step == start:
+          jax.block_until_ready(metrics)
+          progress.first_step_done()
+          logging.info("First step (compile + run) took %.1fs", progress.compile_s)
+        # A signal, or a pod's preemption notice (orbax syncs it so that every host sees it at
+        # the same step), ends the run here with a checkpoint.
+        stopping = stop.requested or mngr.reached_preemption(done)
+        log_now = config_lib.should_run(done, config.log_every, total_steps)
+        ckpt_now = stopping or config_lib.should_run(done, config.checkpoint_every, total_steps)
+        if log_now or ckpt_now:  # metrics leave the device only here
+          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          _check_finite(done, scalars, mngr)
+        if log_now:
+          scalars.update(progress.update(done), **{"data/skipped_images": data.num_skipped()})
+          if progress.compile_s is not None:
+            scalars["perf/compile_s"] = progress.compile_s
+          writer.write(done, scalars)
+          metrics_lib.log_line(done, total_steps, scalars)
+          last = scalars
+        if ckpt_now:
+          ckpt_lib.save(mngr, done, state)
+        if config_lib.should_run(done, config.eval.get("every"), total_steps):
+          encoder = features.encoder_fn(student, pool=config.eval.get("pool", "cls"))
+          top1 = knn_eval(config, mesh, encoder, state.params["student"])
+          writer.write(done, {"knn/top1": top1})
+          logging.info("step %d kNN top-1 %.4f", done, top1)
+        if stopping:
+          logging.warning("Stopped at step %d; the same command resumes from it.", done)
+          break
+    finally:
+      mngr.wait_until_finished()
+      writer.close()
   return Result(state=state, setup=setup, teacher_params=t_params, scalars=last)

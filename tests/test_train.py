@@ -95,3 +95,28 @@ def test_missing_dataset_is_one_line(tmp_path, tiny_vit_teacher_dir):
   assert r.returncode != 0
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith("error:") and "imagenet2012" in last and "data_dir" in last
+
+
+@pytest.mark.slow
+def test_interrupt_writes_a_checkpoint_and_resumes(tmp_path, tiny_vit_teacher_dir):
+  """Ctrl-C (SIGINT) mid-run: the loop finishes its step, checkpoints it and exits cleanly."""
+  import signal
+  import time
+  workdir = str(tmp_path / "run")
+  args = [sys.executable, "-m", "mim_jax.main", "--config",
+          "configs/maskalign_b16_clip_b16.py:runlocal=True", "--workdir", workdir,
+          f"--config.teacher.spec={tiny_vit_teacher_dir}", "--config.total_steps=100000",
+          "--config.checkpoint_every=100000"]
+  proc = subprocess.Popen(args, cwd=os.path.dirname(os.path.dirname(__file__)),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while time.time() < deadline and not (os.path.exists(metrics) and
+                                        len(open(metrics).readlines()) >= 3):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-2000:]
+  steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
+  assert len(steps) == 1 and 3 <= steps[0] < 100000
+  assert "the same command resumes from it" in out
