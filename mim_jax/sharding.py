@@ -51,11 +51,19 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
 
 def make_mesh(spec: Optional[Mapping[str, int]] = None,
               devices: Optional[Sequence[Any]] = None) -> Mesh:
-  """A (data, fsdp, model) mesh over `devices` (default: all), axis types Auto."""
-  devices = list(jax.devices() if devices is None else devices)
+  """A (data, fsdp, model) mesh over `devices` (default: all), axis types Auto.
+
+  `devices` may also be the abstract devices of a TPU topology (`mim_jax.aot`): those are laid
+  out along the physical interconnect exactly as the real slice's devices would be.
+  """
+  local = list(jax.devices())
+  devices = list(local if devices is None else devices)
   shape = mesh_shape(dict(spec or {"data": -1}), len(devices))
-  if devices == list(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  if devices == local or devices[0] not in local:
+    # All devices, or a whole compile-only topology: jax.make_mesh orders them along the ICI
+    # rings. A subset of the local devices keeps its given order (tests pass [:2]).
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
               axis_types=(AxisType.Auto,) * len(MESH_AXES))
 

@@ -1,0 +1,304 @@
+r"""Ahead-of-time compilation of the real train step for a target topology, and its memory.
+
+  python -m mim_jax.aot --config configs/maskalign_b16_clip_b16.py --topology v5e:16x16 \
+      --config.batch_size=4096 [--config.mesh.fsdp=16 ...]
+  python -m mim_jax.aot --config configs/maskalign_b16_clip_b16.py:runlocal=True \
+      --config.teacher.spec=/path/to/tiny_teacher --platform cpu --devices 8
+
+Out-of-memory shows up here, on a laptop, instead of on the pod: the step that `train.py` runs is
+built from the same config (same `make_setup`, same shardings, same donation), lowered with
+abstract arguments (`jax.ShapeDtypeStruct`; no parameter, teacher weight or image is ever
+materialised) and compiled by XLA for the target's devices. The compiler's own memory analysis
+per device is then compared with the chip's HBM; the exit status is non-zero when it does not fit.
+
+TPU topologies (`--platform tpu`, the default) need libtpu (`pip install -r
+requirements-tpu.txt`); no TPU is needed: `jax.experimental.topologies` makes compile-only devices
+for any slice shape, e.g. v4:4x4x8, v5e:16x16, v5p:4x4x8, v6e:16x16 (generation:chips per axis).
+JAX itself keeps to the CPU (`JAX_PLATFORMS=cpu` is the default here).
+`--platform cpu --devices N` compiles for N simulated CPU devices instead (what the tests use; its
+memory figures describe the CPU program, not a TPU's).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+
+def _set_cpu_device_count(argv: Sequence[str]) -> None:
+  """`--platform cpu [--devices N]` (N = 8 by default) must reach XLA before its CPU client
+  exists, so the command line is read here, ahead of absl."""
+  args = " ".join(argv).replace("=", " ").split()
+  if "--platform" not in args or args[args.index("--platform") + 1:][:1] != ["cpu"]:
+    return
+  num = args[args.index("--devices") + 1] if "--devices" in args[:-1] else "8"
+  if num.isdigit():
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")]
+    os.environ["XLA_FLAGS"] = " ".join(kept + [f"--xla_force_host_platform_device_count={num}"])
+
+
+if __name__ == "__main__":  # the command line: before JAX and TF read their environment
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only TPU devices need no attached TPU
+  _set_cpu_device_count(sys.argv[1:])
+
+# pylint: disable=wrong-import-position
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mim_jax import checkpoint as ckpt_lib
+from mim_jax import config as config_lib
+from mim_jax import sharding as sharding_lib
+from mim_jax import step as step_lib
+from mim_jax import teachers
+from mim_jax import train
+from mim_jax.teachers import checkpoint_io, clip, network, vit
+from mim_jax.teachers import teacher as teacher_lib
+
+GIB = 2**30
+
+# HBM per JAX device. On v4 and v5p a device is a whole chip (megacore: both TensorCores as one).
+HBM_GIB: dict[str, float] = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+
+# `device.device_kind` of each generation's devices -> the generation's name above.
+_GENERATION_OF_KIND: dict[str, str] = {
+    "TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p", "TPU v5p": "v5p",
+    "TPU v6 lite": "v6e", "TPU v6e": "v6e",
+}
+
+# Without "megacore", libtpu describes a v4 chip as two devices (one per TensorCore); a pod job
+# sees one device per chip, so the compile must too. (v5p is megacore by default; asked anyway.)
+_MEGACORE = ("v4", "v5p")
+
+
+# --------------------------------------------------------------------------------------------
+# Devices.
+# --------------------------------------------------------------------------------------------
+def tpu_devices(topology: str) -> list[Any]:
+  """Compile-only devices of a TPU slice, e.g. "v5e:16x16" (256 chips) or "v5p:4x4x8" (128).
+
+  Raises ImportError when libtpu is missing, ValueError for a malformed name.
+  """
+  generation, sep, dims = topology.partition(":")
+  if not sep or not dims or not all(d.isdigit() for d in dims.split("x")):
+    raise ValueError(f"Bad topology {topology!r}: expected <generation>:<chips per axis>, "
+                     f"e.g. v5e:16x16 or v5p:4x4x8; generations: {sorted(HBM_GIB)}.")
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise ImportError("TPU topologies need libtpu: pip install -r requirements-tpu.txt "
+                      "(or use --platform cpu).") from e
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  kwargs = {"chip_config_name": "megacore"} if generation in _MEGACORE else {}
+  return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                           **kwargs).devices)
+
+
+def cpu_devices(num_devices: int) -> list[Any]:
+  """The first `num_devices` CPU devices (simulated ones come from XLA_FLAGS, see `main`)."""
+  devices = jax.devices("cpu")
+  if len(devices) < num_devices:
+    raise ValueError(f"{num_devices} CPU devices asked for, {len(devices)} exist: set XLA_FLAGS="
+                     f"--xla_force_host_platform_device_count={num_devices} before JAX starts.")
+  return devices[:num_devices]
+
+
+def hbm_gib(devices: Sequence[Any]) -> Optional[float]:
+  """The HBM of one device of a known TPU generation, else None."""
+  generation = _GENERATION_OF_KIND.get(devices[0].device_kind)
+  return HBM_GIB.get(generation) if generation else None
+
+
+# --------------------------------------------------------------------------------------------
+# Abstract arguments.
+# --------------------------------------------------------------------------------------------
+def _teacher_shape(spec: str) -> tuple[str, teachers.Arch]:
+  """(kind, Arch) of a known name or a checkpoint directory, from config.json alone."""
+  if spec in teachers.KNOWN:
+    known = teachers.KNOWN[spec]
+    return known.kind, known.arch
+  if not os.path.isdir(spec):
+    raise FileNotFoundError(f"Teacher {spec!r} is neither a checkpoint directory nor a known "
+                            f"name {sorted(teachers.KNOWN)}; for a shape only, a known name of "
+                            f"the same architecture will do.")
+  config = checkpoint_io.read_config(spec)
+  model_type = config.get("model_type")
+  if model_type == "vit":
+    return "vit", vit.arch_from_config(config)
+  if model_type in ("clip", "clip_vision_model"):
+    vision, proj_dim, has_proj = clip.vision_config(config)
+    # has_proj None (no architecture named): the weights would decide; a projection is a few
+    # hundred KB and MaskAlign-type objectives never read it, so leave it out.
+    return "clip", clip.arch_from_config(vision, proj_dim if has_proj else 0)
+  raise checkpoint_io.CheckpointError(f"{spec!r}: model_type {model_type!r} is not handled.")
+
+
+def abstract_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Teacher]:
+  """The teacher `train.load_teacher` would build, with `jax.ShapeDtypeStruct` parameters.
+
+  Same architecture, same grid matching to the student (position embedding resized), same
+  parameter dtype; no weight is read or created. None for teacher-free methods.
+  """
+  spec = config.teacher.get("spec")
+  if not spec:
+    return None
+  if spec == "demo":
+    raise ValueError("teacher.spec='demo' is trained on first use; pass its checkpoint "
+                     "directory or a known name with --config.teacher.spec.")
+  kind, arch = _teacher_shape(spec)
+  _, patch = config_lib.decode_variant(config.student.variant)
+  grid = teacher_lib.student_grid(config.data.image_size, patch, arch.grid)
+  if grid != arch.grid and not config.teacher.get("resize_to_student", True):
+    raise ValueError(f"teacher grid {arch.grid}x{arch.grid} vs student grid {grid}x{grid}: set "
+                     f"teacher.resize_to_student=True.")
+  arch = dataclasses.replace(arch, grid=grid)
+  dtype = jnp.dtype(config.teacher.get("dtype", "float32"))
+  params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
+                        network.param_shapes(arch))
+  mean, std = teacher_lib.DEFAULT_MEAN_STD[kind]
+  return teachers.Teacher(name=spec, kind=kind, arch=arch, mean=mean, std=std,
+                          dtype=dtype.name, params=params)
+
+
+def abstract_batch(config: ml_collections.ConfigDict, setup: step_lib.Setup) -> dict:
+  """What the input pipeline yields for one global batch, as sharded ShapeDtypeStructs:
+  {"image": f32 [B, S, S, 3], "label": i32 [B]} (+ "mask": u8 [B, N] for block masks)."""
+  b, s = config.batch_size, config.data.image_size
+  spec = {"image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32),
+          "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+  if config.mask.get("kind") == "block":
+    spec["mask"] = jax.ShapeDtypeStruct((b, setup.num_patches), jnp.uint8)
+  shardings = step_lib.batch_shardings(setup.mesh, spec)
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
+          for k, v in spec.items()}
+
+
+def _schedule_steps(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(total, warmup) steps for the schedule. Its length changes constants in the program, not
+  its shapes or memory, so no dataset is opened to turn epochs into steps."""
+  total = config.get("total_steps") or 1000
+  return total, min(config.get("warmup_steps") or 0, total)
+
+
+# --------------------------------------------------------------------------------------------
+# Compile and measure.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Memory:
+  """Bytes per device from XLA's memory analysis of the compiled step."""
+  argument: int  # state, teacher parameters, batch shard
+  output: int    # new state, metrics
+  alias: int     # outputs written in place of donated arguments (counted in both above)
+  temp: int      # activations, gradients, collectives' buffers
+  code: int      # generated code
+
+  @property
+  def total(self) -> int:
+    """Bytes live at once at worst: donated buffers are counted once."""
+    return self.argument + self.output - self.alias + self.temp + self.code
+
+
+def memory_of(compiled: Any) -> Memory:
+  m = compiled.memory_analysis()
+  return Memory(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+                alias=m.alias_size_in_bytes, temp=m.temp_size_in_bytes,
+                code=m.generated_code_size_in_bytes)
+
+
+@dataclasses.dataclass
+class Compiled:
+  compiled: Any  # jax.stages.Compiled
+  setup: step_lib.Setup
+  memory: Memory
+  mesh_shape: dict[str, int]
+
+
+def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Compiled:
+  """Lowers and compiles the train step of `config` for `devices` (abstract or real)."""
+  mesh = sharding_lib.make_mesh(config.mesh, devices=devices)
+  teacher = abstract_teacher(config)
+  setup = train.make_setup(config, teacher, mesh, *_schedule_steps(config))
+  abstract, state_sh = step_lib.state_shardings(setup)
+  state = ckpt_lib.abstract_with_shardings(abstract, state_sh)
+  t_sh, t_params = None, None
+  if teacher is not None:
+    t_sh = train.teacher_shardings(teacher, mesh)
+    t_params = ckpt_lib.abstract_with_shardings(teacher.params, t_sh)
+  batch = abstract_batch(config, setup)
+  step = step_lib.jit_train_step(setup, batch, t_sh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
+    compiled = step.jitted.lower(state, t_params, batch).compile()
+  return Compiled(compiled=compiled, setup=setup, memory=memory_of(compiled),
+                  mesh_shape=dict(mesh.shape))
+
+
+def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tuple[str, bool]:
+  """(a printable table, fits). Without a known HBM size `fits` is True and no verdict is given."""
+  m = result.memory
+  config = result.setup.config
+  per_device = config.batch_size // max(result.mesh_shape["data"] * result.mesh_shape["fsdp"], 1)
+  teacher = result.setup.teacher
+  lines = [
+      f"{devices[0].device_kind} x {len(devices)} devices "
+      f"({len({d.process_index for d in devices})} hosts), mesh {result.mesh_shape}",
+      f"{config.method}: student {config.student.variant}"
+      + (f", teacher {teacher.name} ({teacher.dtype}, grid {teacher.grid})" if teacher else "")
+      + f", precision {config.get('precision', 'float32')}, global batch {config.batch_size} "
+      f"({per_device} per device)",
+      "",
+      f"  {'memory per device':<42}{'MiB':>11}{'GiB':>9}",
+  ]
+  rows = [("arguments (state, teacher, batch)", m.argument), ("outputs", m.output),
+          ("  of which aliased to donated args", m.alias), ("temporaries", m.temp),
+          ("generated code", m.code), ("total (args + out - alias + temp + code)", m.total)]
+  lines += [f"  {name:<42}{value / 2**20:11.1f}{value / GIB:9.3f}" for name, value in rows]
+  if hbm is None:
+    lines.append("  (no HBM size known for this device: no verdict; pass --hbm_gib)")
+    return "\n".join(lines), True
+  need = m.total / GIB
+  fits = need <= hbm
+  lines.append(f"  {'HBM per device':<42}{hbm * 1024:11.1f}{hbm:9.3f}")
+  lines.append("")
+  lines.append(f"OK: fits, {need / hbm:.0%} of HBM" if fits else
+               f"OUT OF MEMORY: needs {need:.2f} GiB of {hbm:g} GiB per device; shard more "
+               f"(--config.mesh.fsdp), lower --config.batch_size, or use "
+               f"--config.precision=bfloat16 / --config.teacher.dtype=bfloat16.")
+  return "\n".join(lines), fits
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------------------------
+def _main(argv: Sequence[str]) -> None:
+  del argv
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+  devices = (cpu_devices(f.devices) if f.platform == "cpu" else tpu_devices(f.topology))
+  hbm = f.hbm_gib if f.hbm_gib is not None else hbm_gib(devices)
+  result = compile_step(f.config, devices)
+  text, fits = report(result, devices, hbm)
+  print(text, flush=True)
+  if not fits:
+    sys.exit(1)
+
+
+def run() -> None:
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
+                                  lock_config=True)
+  flags.DEFINE_enum("platform", "tpu", ["tpu", "cpu"], "Compile for a TPU topology or for CPU.")
+  flags.DEFINE_string("topology", "v5e:16x16", "TPU slice, <generation>:<chips per axis>.")
+  flags.DEFINE_integer("devices", 8, "--platform cpu: number of simulated CPU devices.")
+  flags.DEFINE_float("hbm_gib", None, "Memory per device to check against (default: the "
+                     f"chip's HBM, {HBM_GIB}).")
+  flags.mark_flags_as_required(["config"])
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  run()
