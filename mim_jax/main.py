@@ -51,6 +51,17 @@ def check_overrides(argv: list[str]) -> None:
                         + (f"; did you mean --config.{hint}?" if hint else "."))
 
 
+def _distributed_args() -> dict[str, int]:
+  """num_processes / process_id from JAX_NUM_PROCESSES / JAX_PROCESS_ID when set.
+
+  JAX reads JAX_COORDINATOR_ADDRESS itself, and detects TPU pods and SLURM on its own; a cluster
+  it does not know (or several processes on one machine, as in tests/test_multihost.py) says
+  who is who through these two variables.
+  """
+  names = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+  return {arg: int(os.environ[env]) for arg, env in names.items() if os.environ.get(env)}
+
+
 def _want_distributed() -> bool:
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
@@ -71,7 +82,7 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=import-outside-toplevel
   if _want_distributed():
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_distributed_args())
   from mim_jax import train  # pylint: disable=import-outside-toplevel
   logging.info("JAX %s: process %d/%d, %d local / %d global devices", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
