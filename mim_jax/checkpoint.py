@@ -22,7 +22,8 @@ class CheckpointError(RuntimeError):
 
 def manager(workdir: str, *, keep: int = 3, asynchronous: bool = True
             ) -> ocp.CheckpointManager:
-  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  # A gs:// workdir stays a URL (abspath would turn it into a local path); orbax writes to both.
+  path = os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(path, options=options)

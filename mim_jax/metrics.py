@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Mapping, Optional
 
 import jax
 from absl import logging
 from clu import metric_writers
+from etils import epath
 
 
 class Writer:
@@ -19,7 +19,8 @@ class Writer:
     self.active = jax.process_index() == 0
     self._tb = metric_writers.create_default_writer(workdir, just_logging=not self.active,
                                                     asynchronous=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.active else None
+    # epath: local or gs:// workdirs alike (appending to a GCS object rewrites it; small here).
+    self._jsonl = ((epath.Path(workdir) / "metrics.jsonl").open("a") if self.active else None)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     scalars = {k: float(v) for k, v in scalars.items()}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import signal
 import threading
 from typing import Any, Optional
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
@@ -154,10 +154,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   teacher = load_teacher(config)  # bad teacher or data input fails before anything is written
   mesh = sharding_lib.make_mesh(config.mesh)
   total_steps, warmup_steps = durations(config, input_pipeline.num_examples(config.data))
-  os.makedirs(workdir, exist_ok=True)
+  # epath: a local directory or a gs:// one (a pod's hosts share no disk), as orbax's own paths.
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
   setup = make_setup(config, teacher, mesh, total_steps, warmup_steps)
 
   mngr = ckpt_lib.manager(workdir, keep=config.keep_checkpoints,

@@ -1,0 +1,112 @@
+"""Launch scripts: syntax, and the commands they print (--dry-run) or run (against a fake gcloud
+that only records its arguments: nothing here reaches a cloud)."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")
+SLURM = os.path.join(ROOT, "launch", "slurm_gpu.sbatch")
+BASH = shutil.which("bash")
+
+
+@pytest.fixture
+def fake_bin(tmp_path):
+  """A PATH entry whose `gcloud` appends its arguments to calls.txt; put first in PATH."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  gcloud = bin_dir / "gcloud"
+  gcloud.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls.txt\n')
+  gcloud.chmod(0o755)
+  return bin_dir
+
+
+def run(script, args, env_extra, path):
+  env = {"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), **env_extra}
+  return subprocess.run([BASH, script, *args], capture_output=True, text=True, env=env,
+                        timeout=60)
+
+
+def commands(stdout: str) -> list[str]:
+  return [line[2:] for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+@pytest.mark.parametrize("script", [TPU_VM, SLURM])
+def test_scripts_parse(script):
+  assert subprocess.run([BASH, "-n", script]).returncode == 0
+
+
+def test_tpu_vm_dry_run_prints_every_step_and_runs_nothing(fake_bin, tmp_path):
+  env = {"PROJECT": "proj", "ZONE": "us-west4-a", "ACCELERATOR": "v5litepod-256",
+         "NAME": "mim", "WORKDIR": "gs://bucket/runs/x", "DATA_DIR": "gs://bucket/tfds"}
+  r = run(TPU_VM, ["--dry-run", "all", "--", "--config.batch_size=4096"], env,
+          f"{fake_bin}:{os.environ['PATH']}")
+  assert r.returncode == 0, r.stderr
+  assert not (tmp_path / "calls.txt").exists()  # printed, never run
+  check, create, archive, scp, untar, setup, train = commands(r.stdout)
+  assert check.startswith("python -m mim_jax.aot --config configs/maskalign_b16_clip_b16.py "
+                          "--topology v5e:16x16 --config.batch_size=4096")
+  assert create == ("gcloud compute tpus tpu-vm create mim --project proj --zone us-west4-a "
+                    "--accelerator-type v5litepod-256 --version v2-alpha-tpuv5-lite")
+  assert archive.startswith("git -C ") and "archive" in archive and archive.endswith("HEAD")
+  assert "tpu-vm scp" in scp and "--worker=all" in scp
+  for line in (untar, setup, train):
+    assert line.startswith("gcloud compute tpus tpu-vm ssh mim --project proj --zone us-west4-a "
+                           "--worker=all --command ")
+  assert "pip install -q -r requirements.txt -r requirements-tpu.txt" in setup
+  assert (".venv/bin/python -m mim_jax.main --config configs/maskalign_b16_clip_b16.py "
+          "--workdir gs://bucket/runs/x --distributed --config.data.data_dir=gs://bucket/tfds "
+          "--config.batch_size=4096") in train
+
+
+def test_tpu_vm_queued_resource_and_topology_of_v5p(fake_bin, tmp_path):
+  env = {"ACCELERATOR": "v5p-64", "QUEUED": "1", "SPOT": "1", "NAME": "q"}
+  r = run(TPU_VM, ["--dry-run", "check", "create", "delete"], env,
+          f"{fake_bin}:{os.environ['PATH']}")
+  assert r.returncode == 0, r.stderr
+  check, create, describe, delete = commands(r.stdout)
+  assert "--topology v5p:2x4x4" in check  # v5p-64: 64 TensorCores, 32 chips
+  assert create.startswith("gcloud compute tpus queued-resources create q ")
+  assert "--node-id q --accelerator-type v5p-64 --runtime-version v2-alpha-tpuv5 --spot" in create
+  assert "queued-resources describe q" in describe
+  assert delete.startswith("gcloud compute tpus queued-resources delete q ")
+
+
+def test_tpu_vm_runs_gcloud_on_all_workers(fake_bin, tmp_path):
+  env = {"NAME": "mim", "WORKDIR": "gs://b/w", "REPO_URL": "https://example.invalid/mim.git"}
+  r = run(TPU_VM, ["copy", "train", "--", "--config.total_steps=10"], env,
+          f"{fake_bin}:{os.environ['PATH']}")
+  assert r.returncode == 0, r.stderr
+  calls = (tmp_path / "calls.txt").read_text().splitlines()
+  assert len(calls) == 2 and all("--worker=all" in c for c in calls)
+  assert "git clone --depth 1 --branch main https://example.invalid/mim.git mim_jax" in calls[0]
+  assert "--distributed --config.total_steps=10" in calls[1]
+
+
+def test_tpu_vm_refuses_without_gcloud_or_workdir(tmp_path):
+  bin_dir = tmp_path / "nogcloud"
+  bin_dir.mkdir()
+  for tool in ("dirname",):
+    os.symlink(shutil.which(tool), bin_dir / tool)
+  r = run(TPU_VM, ["create"], {}, str(bin_dir))
+  assert r.returncode == 1 and "gcloud not found" in r.stderr
+  r = run(TPU_VM, ["--dry-run", "train"], {}, os.environ["PATH"])
+  assert r.returncode == 2 and "set WORKDIR" in r.stderr
+  r = run(TPU_VM, ["--dry-run", "create"], {"ACCELERATOR": "v3-8"}, os.environ["PATH"])
+  assert r.returncode == 2 and "unknown accelerator" in r.stderr
+
+
+def test_slurm_dry_run_one_process_per_gpu_or_per_node():
+  env = {"CONFIG": "configs/mae_b16.py", "WORKDIR": "/shared/w", "SLURM_JOB_ID": "7"}
+  r = run(SLURM, ["--dry-run", "--config.batch_size=512"], env, os.environ["PATH"])
+  assert r.returncode == 0, r.stderr
+  (cmd,) = commands(r.stdout)
+  assert cmd.startswith("srun --kill-on-bad-exit=1 ")
+  assert cmd.endswith("-m mim_jax.main --config configs/mae_b16.py --workdir /shared/w "
+                      "--distributed --config.batch_size=512")
+  # One task per node: that process must see all of the node's GPUs.
+  r = run(SLURM, ["--dry-run"], dict(env, SLURM_NTASKS_PER_NODE="1", SLURM_GPUS_ON_NODE="4"),
+          os.environ["PATH"])
+  assert commands(r.stdout)[0] == "export JAX_LOCAL_DEVICE_IDS=0,1,2,3"
