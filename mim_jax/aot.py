@@ -21,6 +21,7 @@ memory figures describe the CPU program, not a TPU's).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from typing import Any, Optional, Sequence
@@ -93,9 +94,24 @@ def tpu_devices(topology: str) -> list[Any]:
     raise ImportError("TPU topologies need libtpu: pip install -r requirements-tpu.txt "
                       "(or use --platform cpu).") from e
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  _compile_only_libtpu_env(generation, math.prod(int(d) for d in dims.split("x")))
   kwargs = {"chip_config_name": "megacore"} if generation in _MEGACORE else {}
   return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
                                            **kwargs).devices)
+
+
+def _compile_only_libtpu_env(generation: str, chips: int) -> None:
+  """What libtpu would otherwise look for in a TPU VM's metadata (set before it loads).
+
+  Its lock file allows one libtpu process per machine, for the chips' sake: a compile-only
+  client owns no chip, so several (tests, parallel checks) may run. Without a host description
+  it prints warnings about an unknown accelerator; the slice described here is the target's.
+  """
+  cores = chips * 2 if generation in _MEGACORE else chips  # v4/v5p names count TensorCores
+  name = {"v5e": "v5litepod"}.get(generation, generation)
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{name}-{cores}")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
 
 def cpu_devices(num_devices: int) -> list[Any]:
