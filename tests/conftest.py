@@ -50,7 +50,39 @@ def tiny_clip_teacher_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_clip_model_dir(tmp_path_factory):
+  """A full transformers CLIPModel (vision + text towers, visual projection), random weights."""
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  path = str(tmp_path_factory.mktemp("tiny_clip_model"))
+  cfg = transformers.CLIPConfig(
+      vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, image_size=16, patch_size=4),
+      text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, vocab_size=100, max_position_embeddings=16),
+      projection_dim=24)
+  transformers.CLIPModel(cfg).save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="session")
 def tiny_dino_l8_teacher_dir(tmp_path_factory):
   """A ViTModel with patch 8 at 32px: a 4x4 grid that a /4 student at 16px matches by resize."""
   return _save_hf_vit(str(tmp_path_factory.mktemp("tiny_vit8_teacher")), patch_size=8,
                       image_size=32, hidden_size=48, num_attention_heads=3, num_hidden_layers=3)
+
+
+@pytest.fixture(scope="session")
+def make_teacher():
+  """A real `Teacher` (transformers ViTModel architecture) with random weights, in memory:
+  make_teacher(width=48, depth=3, grid=4, patch=4) runs on 16x16 images by default."""
+  from mim_jax import teachers
+  from mim_jax.teachers.network import Arch
+
+  def make(width: int = 48, depth: int = 3, grid: int = 4, patch: int = 4, seed: int = 7):
+    arch = Arch(patch=patch, grid=grid, width=width, depth=depth, num_heads=2,
+                mlp_dim=2 * width, act="gelu", ln_eps=1e-6)
+    return teachers.random_teacher("vit", arch, seed=seed)
+
+  return make

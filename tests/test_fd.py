@@ -1,5 +1,4 @@
 """Feature Distillation objective: loss against numpy by hand, config, a short training run."""
-import dataclasses
 import types
 
 import flax.linen as nn
@@ -11,7 +10,6 @@ import pytest
 
 from configs import fd_b16_clip_b16
 from mim_jax import objectives, optim, sharding, step as step_lib
-from mim_jax.models.vit import ViT
 from mim_jax.objectives import fd
 
 
@@ -57,28 +55,8 @@ def test_registry_and_config():
   assert local.student.variant == "nano/4" and local.warmup_steps == 1
 
 
-@dataclasses.dataclass(frozen=True)
-class StandInTeacher:
-  """A frozen ViT with the teacher interface: hidden_states, final, attn."""
-  width: int = 48
-  depth: int = 2
-
-  @property
-  def module(self) -> ViT:
-    return ViT(patch=4, width=self.width, depth=self.depth, num_heads=2, mlp_dim=96,
-               image_size=16)
-
-  def init(self, rng):
-    return nn.unbox(self.module.init(rng, jnp.zeros((1, 16, 16, 3))))
-
-  def apply(self, params, images, attn_layers=()):
-    final, aux = self.module.apply(params, images, attn_layers=attn_layers)
-    return {"hidden_states": (jnp.zeros_like(aux["blocks"][0]),) + aux["blocks"],
-            "final": final, "attn": aux["attn"]}
-
-
-def test_short_run_lowers_the_loss_without_recompiling():
-  teacher = StandInTeacher()
+def test_short_run_lowers_the_loss_without_recompiling(make_teacher):
+  teacher = make_teacher(depth=2)
   config = fd_b16_clip_b16.get_config("runlocal=True")
   config.batch_size = 8
   config.optim.lr = config.optim.min_lr = 2e-3
@@ -93,11 +71,12 @@ def test_short_run_lowers_the_loss_without_recompiling():
   images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
   batch = {"image": jax.device_put(images, sharding.batch_sharding(mesh, 4))}
   run = step_lib.jit_train_step(setup, batch)
-  t_params = teacher.init(jax.random.key(7))
+  t_params = teacher.params
   losses = []
   for _ in range(12):
     state, metrics = run(state, t_params, batch)
     losses.append(float(metrics["loss"]))
   assert np.isfinite(losses).all()
-  assert losses[-1] < 0.7 * losses[0], losses
+  # a real (random-weight) teacher: the loss falls at every step here
+  assert np.all(np.diff(losses) < 0) and losses[-1] < 0.8 * losses[0], losses
   assert run.jitted._cache_size() == 1

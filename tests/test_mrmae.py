@@ -1,5 +1,4 @@
 """MR-MAE objective: mimic + reconstruction against numpy by hand, fusion, a short focused run."""
-import dataclasses
 import types
 
 import flax.linen as nn
@@ -10,29 +9,8 @@ import numpy as np
 import pytest
 
 from mim_jax import masking, optim, sharding, step
-from mim_jax.models.vit import ViT
 from mim_jax.objectives import mrmae
 from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
-
-
-@dataclasses.dataclass(frozen=True)
-class StandInTeacher:
-  """A frozen ViT with the teacher interface the step uses (width, depth, apply)."""
-  net: ViT
-
-  @property
-  def width(self) -> int:
-    return self.net.width
-
-  @property
-  def depth(self) -> int:
-    return self.net.depth
-
-  def apply(self, params, images, attn_layers=()):
-    out, aux = self.net.apply({"params": params}, images, attn_layers=attn_layers)
-    # hidden_states[0] (the embedding output) is not used by MR-MAE: a placeholder.
-    hidden = (jnp.zeros_like(aux["blocks"][0]),) + aux["blocks"]
-    return {"hidden_states": hidden, "final": out, "attn": aux["attn"]}
 
 
 def np_ln(x, eps=1e-5):
@@ -98,7 +76,7 @@ def test_grid_mismatch_is_refused():
                   masks, {"image": jnp.zeros((1, 8, 8, 3))}, config)
 
 
-def test_fusion_sums_chosen_blocks_then_normalises():
+def test_fusion_sums_chosen_blocks_then_normalises(make_teacher):
   blocks = tuple(jnp.full((1, 2, 3), float(i + 1)) for i in range(4))
   np.testing.assert_allclose(mrmae.fuse(blocks, (0, 2, 3)), np.full((1, 2, 3), 8.0))
   assert mrmae.fusion_indices((-1, 0, 3), 4) == (0, 3)
@@ -107,7 +85,7 @@ def test_fusion_sums_chosen_blocks_then_normalises():
 
   config = mrmae_config(fusion_layers=(0, 1))
   config.objective.decoder.update(width=16, depth=1, heads=2, mlp_dim=32)
-  teacher = StandInTeacher(ViT.from_variant("nano/4", image_size=8).clone(width=12))
+  teacher = make_teacher(width=12, grid=2)
   model = mrmae.make_model(config, teacher)
   masks = masking.random_masks(jax.random.key(0), 2, 4, 0.5)
   images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
@@ -137,7 +115,7 @@ def test_make_model_needs_a_teacher():
     mrmae.make_model(mrmae_config(), None)
 
 
-def test_short_focused_run_lowers_the_loss_and_compiles_once():
+def test_short_focused_run_lowers_the_loss_and_compiles_once(make_teacher):
   config = mrmae_config(fusion_layers=(0, 1))
   config.data.image_size = 16
   config.mask.kind, config.mask.ratio = "focused", 0.75
@@ -146,9 +124,8 @@ def test_short_focused_run_lowers_the_loss_and_compiles_once():
   config.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=2e-3, min_lr=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
       schedule="constant", clip_norm=None))
-  net = ViT.from_variant("nano/4", image_size=16).clone(width=16)
-  teacher = StandInTeacher(net)
-  t_params = nn.unbox(jax.jit(net.init)(jax.random.key(9), jnp.zeros((1, 16, 16, 3))))["params"]
+  teacher = make_teacher(width=16, depth=2)
+  t_params = teacher.params
   schedule = optim.make_schedule(config.optim, total_steps=16, warmup_steps=0, global_batch=8)
   setup = step.Setup(config=config, model=mrmae.make_model(config, teacher), objective=mrmae,
                      tx=optim.make_optimizer(config.optim, schedule), schedule=schedule,
