@@ -72,8 +72,10 @@ def shrink_for_local(c: ml_collections.ConfigDict) -> None:
   c.batch_size = 16
   c.total_steps = 4
   c.total_epochs = None
-  c.warmup_percent = None
+  c.warmup_percent = c.warmup_epochs = None
   c.warmup_steps = 1
+  if c.teacher.spec:
+    c.teacher.spec = "demo"  # the demo's own teacher, trained on first use
   c.log_every = 1
   c.checkpoint_every = 2
   c.eval.every = 0

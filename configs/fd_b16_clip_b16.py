@@ -40,7 +40,5 @@ def get_config(arg=None):
   c.data.crop_scale = (0.08, 1.0)
   if arg.runlocal:
     common.shrink_for_local(c)
-    c.warmup_epochs = None  # shrink_for_local counts warmup in steps
     c.optim.lr = 1.2e-3  # the paper's peak: base_lr * 16 / 256 would sit below min_lr
-    c.teacher.spec = "demo"
   return c

@@ -52,6 +52,5 @@ def get_config(arg=None):
                                              random_erasing=0.25))  # TODO: see docstring
   if arg.runlocal:
     common.shrink_for_local(c)
-    c.warmup_epochs = None  # shrink_for_local sets warmup_steps
     c.objective.num_classes = 10
   return c

@@ -27,6 +27,5 @@ def get_config(arg=None):
   c.data.crop_scale = (0.2, 1.0)
   if arg.runlocal:
     common.shrink_for_local(c)
-    c.teacher.spec = "demo"
     c.objective.top_k = 2
   return c

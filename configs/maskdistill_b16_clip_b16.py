@@ -45,7 +45,5 @@ def get_config(arg=None):
   c.data.color_jitter = 0.4
   if arg.runlocal:
     common.shrink_for_local(c)
-    c.warmup_epochs = None  # shrink_for_local counts warmup in steps
     c.optim.lr = 1.5e-3  # the paper's peak: base_lr * 16 / 256 would sit below min_lr
-    c.teacher.spec = "demo"
   return c

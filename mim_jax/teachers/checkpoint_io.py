@@ -183,6 +183,22 @@ def square_value(value: Any) -> int:
   return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
 
 
+def checked_geometry(config: Mapping[str, Any], kind: str, default_patch: int
+                     ) -> tuple[int, int, int, int]:
+  """(width, heads, patch, grid) of a ViT-like config, refusing what the Flax net cannot run:
+  a width the heads do not divide, an image the patch does not tile."""
+  width, heads = config.get("hidden_size", 768), config.get("num_attention_heads", 12)
+  if width % heads:
+    raise CheckpointError(f"{kind} checkpoint: hidden_size {width} is not a multiple of "
+                          f"num_attention_heads {heads}.")
+  image = square_value(config.get("image_size", 224))
+  patch = square_value(config.get("patch_size", default_patch))
+  if image % patch:
+    raise CheckpointError(f"{kind} checkpoint: image_size {image} is not a multiple of "
+                          f"patch_size {patch}.")
+  return width, heads, patch, image // patch
+
+
 # --------------------------------------------------------------------------------------------
 # Weight matching.
 # --------------------------------------------------------------------------------------------

@@ -88,16 +88,8 @@ def vision_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], int, bool]
 
 
 def arch_from_config(vision: Mapping[str, Any], proj_dim: int) -> Arch:
-  width, heads = vision.get("hidden_size", 768), vision.get("num_attention_heads", 12)
-  if width % heads:
-    raise io.CheckpointError(f"CLIP checkpoint: hidden_size {width} is not a multiple of "
-                             f"num_attention_heads {heads}.")
-  image = io.square_value(vision.get("image_size", 224))
-  patch = io.square_value(vision.get("patch_size", 32))
-  if image % patch:
-    raise io.CheckpointError(f"CLIP checkpoint: image_size {image} is not a multiple of "
-                             f"patch_size {patch}.")
-  return Arch(patch=patch, grid=image // patch, width=width,
+  width, heads, patch, grid = io.checked_geometry(vision, "CLIP", default_patch=32)
+  return Arch(patch=patch, grid=grid, width=width,
               depth=vision.get("num_hidden_layers", 12), num_heads=heads,
               mlp_dim=vision.get("intermediate_size", 3072),
               act=ACTIVATIONS[vision.get("hidden_act", "quick_gelu")],

@@ -72,19 +72,11 @@ def check_config(config: Mapping[str, Any]) -> None:
 
 def arch_from_config(config: Mapping[str, Any]) -> Arch:
   check_config(config)
-  width, heads = config.get("hidden_size", 768), config.get("num_attention_heads", 12)
-  if width % heads:
-    raise io.CheckpointError(f"ViT checkpoint: hidden_size {width} is not a multiple of "
-                             f"num_attention_heads {heads}.")
+  width, heads, patch, grid = io.checked_geometry(config, "ViT", default_patch=16)
   if config.get("head_dim", width // heads) != width // heads:
     raise io.CheckpointError(f"ViT checkpoint: config field 'head_dim' = {config['head_dim']} "
                              f"is not supported: only hidden_size / num_attention_heads.")
-  image = io.square_value(config.get("image_size", 224))
-  patch = io.square_value(config.get("patch_size", 16))
-  if image % patch:
-    raise io.CheckpointError(f"ViT checkpoint: image_size {image} is not a multiple of "
-                             f"patch_size {patch}.")
-  return Arch(patch=patch, grid=image // patch, width=width,
+  return Arch(patch=patch, grid=grid, width=width,
               depth=config.get("num_hidden_layers", 12), num_heads=heads,
               mlp_dim=config.get("intermediate_size", 3072),
               act=ACTIVATIONS[config.get("hidden_act", "gelu")],
