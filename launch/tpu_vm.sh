@@ -12,7 +12,7 @@
 #   copy    REPO_URL set: git clone it on every worker; else: this checkout's HEAD (git archive)
 #   setup   a venv on every worker with requirements.txt + requirements-tpu.txt
 #   train   python -m mim_jax.main --config CONFIG --workdir WORKDIR --distributed on all workers
-#   ssh     run the words after `--` on every worker (e.g. `ssh -- pkill -f mim_jax.main`)
+#   ssh     run the shell line after `--` on every worker (e.g. `ssh -- tail -n 3 mim_jax/train.log`)
 #   delete  the TPU VM (or queued resource)
 # Everything after `--` goes to mim_jax.main (train) or is the command (ssh).
 # --dry-run prints the commands and runs none (gcloud need not be installed).
@@ -161,7 +161,7 @@ for step in "${steps[@]}"; do
       # itself; each host reads its own shard of the data. Output per worker goes to train.log.
       on_all_workers "cd $REMOTE_DIR && nohup .venv/bin/python -m mim_jax.main $(quote_words "${args[@]}" "${extra[@]}") > train.log 2>&1 &" ;;
     ssh)
-      on_all_workers "$(quote_words "${extra[@]}")" ;;
+      on_all_workers "${extra[*]}" ;;  # a remote shell line: `ssh -- 'a && b'` works
     delete)
       if ((QUEUED)); then
         run "${gcloud_tpu[@]}" queued-resources delete "$NAME" "${project[@]}" --zone "$ZONE" --force --quiet

@@ -9,7 +9,7 @@ Out-of-memory shows up here, on a laptop, instead of on the pod: the step that `
 built from the same config (same `make_setup`, same shardings, same donation), lowered with
 abstract arguments (`jax.ShapeDtypeStruct`; no parameter, teacher weight or image is ever
 materialised) and compiled by XLA for the target's devices. The compiler's own memory analysis
-per device is then compared with the chip's HBM; the exit status is non-zero when it does not fit.
+per device is then compared with the chip's HBM. Exit status: 0 fits, 1 OUT OF MEMORY, 2 bad input.
 
 TPU topologies (`--platform tpu`, the default) need libtpu (`pip install -r
 requirements-tpu.txt`); no TPU is needed: `jax.experimental.topologies` makes compile-only devices
@@ -94,10 +94,16 @@ def tpu_devices(topology: str) -> list[Any]:
     raise ImportError("TPU topologies need libtpu: pip install -r requirements-tpu.txt "
                       "(or use --platform cpu).") from e
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-  _compile_only_libtpu_env(generation, math.prod(int(d) for d in dims.split("x")))
-  kwargs = {"chip_config_name": "megacore"} if generation in _MEGACORE else {}
-  return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
-                                           **kwargs).devices)
+  shape = [int(d) for d in dims.split("x")]
+  _compile_only_libtpu_env(generation, math.prod(shape))
+  kwargs: dict[str, Any] = {"chip_config_name": "megacore"} if generation in _MEGACORE else {}
+  if math.prod(shape) < 4:  # smaller than one host's 2x2 chips: the slice is the host
+    kwargs["chips_per_host_bounds"] = tuple(shape + [1] * (3 - len(shape)))
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                             **kwargs).devices)
+  except jax.errors.JaxRuntimeError as e:
+    raise ValueError(f"libtpu refuses topology {topology!r}: {e}") from None
 
 
 def _compile_only_libtpu_env(generation: str, chips: int) -> None:
@@ -115,7 +121,7 @@ def _compile_only_libtpu_env(generation: str, chips: int) -> None:
 
 
 def cpu_devices(num_devices: int) -> list[Any]:
-  """The first `num_devices` CPU devices (simulated ones come from XLA_FLAGS, see `main`)."""
+  """The first `num_devices` CPU devices (simulated ones: see `_set_cpu_device_count`)."""
   devices = jax.devices("cpu")
   if len(devices) < num_devices:
     raise ValueError(f"{num_devices} CPU devices asked for, {len(devices)} exist: set XLA_FLAGS="
@@ -225,6 +231,11 @@ def memory_of(compiled: Any) -> Memory:
                 code=m.generated_code_size_in_bytes)
 
 
+class CompilerOutOfMemory(MemoryError):
+  """XLA could not fit the step into the device's memory even with rematerialisation (TPU
+  compilers plan for the chip's HBM and refuse what cannot fit: RESOURCE_EXHAUSTED)."""
+
+
 @dataclasses.dataclass
 class Compiled:
   compiled: Any  # jax.stages.Compiled
@@ -247,7 +258,13 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
   batch = abstract_batch(config, setup)
   step = step_lib.jit_train_step(setup, batch, t_sh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
-    compiled = step.jitted.lower(state, t_params, batch).compile()
+    lowered = step.jitted.lower(state, t_params, batch)
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    raise CompilerOutOfMemory(str(e)) from None
   return Compiled(compiled=compiled, setup=setup, memory=memory_of(compiled),
                   mesh_shape=dict(mesh.shape))
 
@@ -279,7 +296,8 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
   fits = need <= hbm
   lines.append(f"  {'HBM per device':<42}{hbm * 1024:11.1f}{hbm:9.3f}")
   lines.append("")
-  lines.append(f"OK: fits, {need / hbm:.0%} of HBM" if fits else
+  tight = " (under 10% left for the runtime and fragmentation: tight)" if need > 0.9 * hbm else ""
+  lines.append(f"OK: fits, {need / hbm:.0%} of HBM{tight}" if fits else
                f"OUT OF MEMORY: needs {need:.2f} GiB of {hbm:g} GiB per device; shard more "
                f"(--config.mesh.fsdp), lower --config.batch_size, or use "
                f"--config.precision=bfloat16 / --config.teacher.dtype=bfloat16.")
@@ -293,13 +311,22 @@ def _main(argv: Sequence[str]) -> None:
   del argv
   from absl import flags  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
-  devices = (cpu_devices(f.devices) if f.platform == "cpu" else tpu_devices(f.topology))
-  hbm = f.hbm_gib if f.hbm_gib is not None else hbm_gib(devices)
-  result = compile_step(f.config, devices)
+  try:
+    devices = (cpu_devices(f.devices) if f.platform == "cpu" else tpu_devices(f.topology))
+    hbm = f.hbm_gib if f.hbm_gib is not None else hbm_gib(devices)
+    result = compile_step(f.config, devices)
+  except (ImportError, ValueError, FileNotFoundError) as e:  # bad input: one line, status 2
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except CompilerOutOfMemory as e:
+    limit = f"{hbm:g} GiB" if hbm else "the memory"
+    print(f"{devices[0].device_kind} x {len(devices)} devices\n\nOUT OF MEMORY: the compiler could "
+          f"not fit the step into {limit} per device:\n{str(e)[:2000]}", flush=True)
+    sys.exit(1)
   text, fits = report(result, devices, hbm)
   print(text, flush=True)
   if not fits:
-    sys.exit(1)
+    sys.exit(1)  # OUT OF MEMORY
 
 
 def run() -> None:

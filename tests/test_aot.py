@@ -87,6 +87,11 @@ def test_command_line_exits_non_zero_when_out_of_memory(tiny_vit_teacher_dir):
        "--hbm_gib=1e-6"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
   assert "cpu x 4 devices" in r.stdout and "OUT OF MEMORY" in r.stdout
+  r = subprocess.run([sys.executable, "-m", "mim_jax.aot", "--config",
+                      "configs/maskalign_b16_clip_b16.py", "--topology", "v5e-256"],
+                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+      "error: Bad topology 'v5e-256'")
 
 
 def test_tpu_topology_compiles_without_a_tpu(tiny_vit_teacher_dir):
@@ -97,6 +102,14 @@ def test_tpu_topology_compiles_without_a_tpu(tiny_vit_teacher_dir):
   assert min(result.memory.argument, result.memory.temp, result.memory.total) > 0
   text, fits = aot.report(result, devices, aot.hbm_gib(devices))
   assert fits and "TPU v5 lite x 4 devices" in text
+
+
+def test_tpu_compiler_refusing_the_step_is_out_of_memory(tiny_vit_teacher_dir):
+  pytest.importorskip("libtpu", reason="TPU topologies need libtpu (requirements-tpu.txt)")
+  config = tiny_config(tiny_vit_teacher_dir)
+  config.batch_size = 2**20  # ~77 GiB of activations on one v5e chip (16 GiB)
+  with pytest.raises(aot.CompilerOutOfMemory, match="RESOURCE_EXHAUSTED"):
+    aot.compile_step(config, aot.tpu_devices("v5e:1x1"))
 
 
 def test_bad_topology_names_the_format():

@@ -110,3 +110,11 @@ def test_slurm_dry_run_one_process_per_gpu_or_per_node():
   r = run(SLURM, ["--dry-run"], dict(env, SLURM_NTASKS_PER_NODE="1", SLURM_GPUS_ON_NODE="4"),
           os.environ["PATH"])
   assert commands(r.stdout)[0] == "export JAX_LOCAL_DEVICE_IDS=0,1,2,3"
+
+
+def test_tpu_vm_ssh_passes_a_shell_line_to_every_worker(fake_bin, tmp_path):
+  r = run(TPU_VM, ["ssh", "--", "mkdir -p a && tail -n 3 mim_jax/train.log"], {"NAME": "mim"},
+          f"{fake_bin}:{os.environ['PATH']}")
+  assert r.returncode == 0, r.stderr
+  (call,) = (tmp_path / "calls.txt").read_text().splitlines()
+  assert call.endswith("--worker=all --command mkdir -p a && tail -n 3 mim_jax/train.log")
