@@ -57,7 +57,7 @@ from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
 from mim_jax import train
-from mim_jax.teachers import checkpoint_io, clip, network, vit
+from mim_jax.teachers import checkpoint_io, clip, network, vit, zoo
 from mim_jax.teachers import teacher as teacher_lib
 
 GIB = 2**30
@@ -181,7 +181,8 @@ def abstract_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Tea
   dtype = jnp.dtype(config.teacher.get("dtype", "float32"))
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
                         network.param_shapes(arch))
-  mean, std = teacher_lib.DEFAULT_MEAN_STD[kind]
+  preprocessor = checkpoint_io.read_preprocessor(spec) if os.path.isdir(spec) else {}
+  mean, std = zoo.mean_std(preprocessor, kind)  # constants of the program, as in `load`
   return teachers.Teacher(name=spec, kind=kind, arch=arch, mean=mean, std=std,
                           dtype=dtype.name, params=params)
 

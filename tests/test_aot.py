@@ -29,8 +29,9 @@ def shard_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def test_abstract_teacher_matches_the_loaded_one(tiny_vit_teacher_dir):
-  config = tiny_config(tiny_vit_teacher_dir)
+@pytest.mark.parametrize("fixture", ["tiny_vit_teacher_dir", "tiny_clip_teacher_dir"])
+def test_abstract_teacher_matches_the_loaded_one(fixture, request):
+  config = tiny_config(request.getfixturevalue(fixture))
   real, abstract = train.load_teacher(config), aot.abstract_teacher(config)
   assert abstract == real  # same arch, grid, normalisation, dtype (params are not compared)
   assert jax.tree.map(np.shape, abstract.params) == jax.tree.map(np.shape, real.params)
