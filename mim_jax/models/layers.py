@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 F32 = jnp.float32
@@ -39,14 +40,53 @@ def _transpose_specs(spec: str) -> tuple[str, str]:
   return f"{out},{b}->{a}", f"{out},{a}->{b}"
 
 
+def _materialize(x: jax.Array, perm: tuple[int, ...], shape: tuple[int, ...]) -> jax.Array:
+  """x transposed by `perm` and reshaped, as a real copy in row-major order.
+
+  XLA's CPU layout assignment would otherwise fold the transpose into the dot, whose operands
+  then reach the slow (non-YNNPACK) bf16 kernel: a weight gradient contracting over the
+  leading (token) axis ran at half the speed of the same product with the transpose done.
+  Flattening behind an optimization barrier forces the copy.
+  """
+  if perm == tuple(range(x.ndim)):
+    return x.reshape(shape)
+  return jax.lax.optimization_barrier(jnp.transpose(x, perm).reshape(-1)).reshape(shape)
+
+
+def _canonical_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  """einsum(spec, a, b) in f32 as one [batch, M, K] x [batch, K, N] matmul of bf16 operands."""
+  ins, out = spec.split("->")
+  sa, sb = ins.split(",")
+  if [c for c in sb if c not in sa] + [c for c in sa if c not in sb] == \
+      [c for c in out if c not in sa or c not in sb]:
+    # Swapped operands give the output in its own order: no transpose after the dot (which
+    # XLA would fold into the dot, sending it to the slow bf16 kernel).
+    sa, sb, a, b = sb, sa, b, a
+  batch = [c for c in sa if c in sb and c in out]
+  contract = [c for c in sa if c in sb and c not in out]
+  a_free = [c for c in sa if c not in sb]
+  b_free = [c for c in sb if c not in sa]
+  size = {**dict(zip(sa, a.shape)), **dict(zip(sb, b.shape))}
+  n = lambda idx: int(np.prod([size[c] for c in idx], dtype=np.int64))
+  lead = (n(batch),) if batch else ()
+  lhs = _materialize(a, tuple(sa.index(c) for c in batch + a_free + contract),
+                     lead + (n(a_free), n(contract)))
+  rhs = _materialize(b, tuple(sb.index(c) for c in batch + contract + b_free),
+                     lead + (n(contract), n(b_free)))
+  y = jnp.einsum("...mk,...kn->...mn", lhs, rhs, preferred_element_type=F32)
+  order = batch + a_free + b_free
+  y = y.reshape([size[c] for c in order])
+  return jnp.transpose(y, [order.index(c) for c in out])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _mixed_einsum(spec: str, dtype: Dtype, a: jax.Array, b: jax.Array) -> jax.Array:
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=F32)
+  return _canonical_einsum(spec, a.astype(dtype), b.astype(dtype))
 
 
 def _mixed_einsum_fwd(spec, dtype, a, b):
   a_c, b_c = a.astype(dtype), b.astype(dtype)
-  out = jnp.einsum(spec, a_c, b_c, preferred_element_type=F32)
+  out = _canonical_einsum(spec, a_c, b_c)
   # Residuals keep the original dtypes' zeros so the cotangents come back in them.
   return out, (a_c, b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
 
@@ -55,8 +95,8 @@ def _mixed_einsum_bwd(spec, dtype, res, g):
   a_c, b_c, a_proto, b_proto = res
   spec_a, spec_b = _transpose_specs(spec)
   g_c = g.astype(dtype)
-  da = jnp.einsum(spec_a, g_c, b_c, preferred_element_type=F32)
-  db = jnp.einsum(spec_b, g_c, a_c, preferred_element_type=F32)
+  da = _canonical_einsum(spec_a, g_c, b_c)
+  db = _canonical_einsum(spec_b, g_c, a_c)
   return da.astype(a_proto.dtype), db.astype(b_proto.dtype)
 
 
