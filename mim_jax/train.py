@@ -106,14 +106,20 @@ def knn_eval(config: ml_collections.ConfigDict, mesh, encoder: Any, params: Any)
 
 class StopRequest:
   """SIGINT/SIGTERM set a flag instead of killing the loop mid-step: the loop then writes a
-  checkpoint of the last finished step and returns (a second signal kills as usual)."""
+  checkpoint of the last finished step and returns (a second signal kills as usual).
 
-  def __init__(self):
+  Single process only: on several hosts a flag one host sees a step before another would leave
+  the other waiting in a collective; there JAX's preemption service (through orbax's
+  `reached_preemption`, agreed across hosts) decides the stopping step.
+  """
+
+  def __init__(self, enabled: bool = True):
+    self.enabled = enabled
     self.requested = False
     self._previous = {}
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if self.enabled and threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGINT, signal.SIGTERM):
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -182,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   progress = metrics_lib.Progress(total_steps, config.batch_size, start)
   train_step = None
   last: dict[str, float] = {}
-  with StopRequest() as stop:
+  with StopRequest(enabled=jax.process_count() == 1) as stop:
     try:
       for step in range(start, total_steps):
         batch = next(data)
