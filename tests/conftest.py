@@ -86,3 +86,24 @@ def make_teacher():
     return teachers.random_teacher("vit", arch, seed=seed)
 
   return make
+
+
+@pytest.fixture(scope="session")
+def train_on_batch():
+  """train_on_batch(setup, batch, teacher_params, n, state=None) -> (losses, last metrics,
+  jitted step): n steps of the real jitted step on one fixed batch (from a fresh state unless
+  one is given)."""
+  import jax
+  from mim_jax import step as step_lib
+
+  def run(setup, batch, teacher_params, n, state=None):
+    if state is None:
+      state = step_lib.init_state(setup, jax.random.key(0))
+    fn = step_lib.jit_train_step(setup, batch)
+    losses = []
+    for _ in range(n):
+      state, metrics = fn(state, teacher_params, batch)
+      losses.append(float(metrics["loss"]))
+    return losses, metrics, fn
+
+  return run

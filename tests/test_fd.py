@@ -55,7 +55,7 @@ def test_registry_and_config():
   assert local.student.variant == "nano/4" and local.warmup_steps == 1
 
 
-def test_short_run_lowers_the_loss_without_recompiling(make_teacher):
+def test_short_run_lowers_the_loss_without_recompiling(make_teacher, train_on_batch):
   teacher = make_teacher(depth=2)
   config = fd_b16_clip_b16.get_config("runlocal=True")
   config.batch_size = 8
@@ -70,12 +70,7 @@ def test_short_run_lowers_the_loss_without_recompiling(make_teacher):
   assert "mask_token" not in state.params["student"]  # FD never masks
   images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
   batch = {"image": jax.device_put(images, sharding.batch_sharding(mesh, 4))}
-  run = step_lib.jit_train_step(setup, batch)
-  t_params = teacher.params
-  losses = []
-  for _ in range(12):
-    state, metrics = run(state, t_params, batch)
-    losses.append(float(metrics["loss"]))
+  losses, metrics, run = train_on_batch(setup, batch, teacher.params, 12, state)
   assert np.isfinite(losses).all()
   # a real (random-weight) teacher: the loss falls at every step here
   assert np.all(np.diff(losses) < 0) and losses[-1] < 0.8 * losses[0], losses

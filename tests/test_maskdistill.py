@@ -159,7 +159,7 @@ def test_ratio_zero_on_all_patches_is_distillation(make_teacher):
   assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
-def test_short_run_lowers_the_loss_without_recompiling(make_teacher):
+def test_short_run_lowers_the_loss_without_recompiling(make_teacher, train_on_batch):
   teacher = make_teacher()
   config = tiny_config()
   mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])
@@ -177,12 +177,7 @@ def test_short_run_lowers_the_loss_without_recompiling(make_teacher):
   batch = {"image": images, "mask": jnp.asarray(mask)}
   put = sharding.batch_sharding(mesh, 4), sharding.batch_sharding(mesh, 2)
   batch = {"image": jax.device_put(images, put[0]), "mask": jax.device_put(batch["mask"], put[1])}
-  run = step_lib.jit_train_step(setup, batch)
-  t_params = teacher.params
-  losses = []
-  for _ in range(12):
-    state, metrics = run(state, t_params, batch)
-    losses.append(float(metrics["loss"]))
+  losses, metrics, run = train_on_batch(setup, batch, teacher.params, 12, state)
   assert np.isfinite(losses).all()
   # a real (random-weight) teacher: the loss falls at every step here
   assert np.all(np.diff(losses) < 0) and losses[-1] < 0.9 * losses[0], losses
