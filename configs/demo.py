@@ -10,7 +10,6 @@ the distillation through the same loader as a real DINO checkpoint.
 
 runlocal=True: a few steps, for tests.
 """
-from configs import common
 from configs import maskalign_b16_clip_b16
 from mim_jax import config as config_lib
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from mim_jax import masking
 from mim_jax import sharding as sharding_lib

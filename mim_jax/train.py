@@ -13,7 +13,6 @@ import signal
 import threading
 from typing import Any, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections

@@ -1,7 +1,5 @@
 """Feature Distillation objective: loss against numpy by hand, config, a short training run."""
-import types
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import maskalign_b16_clip_b16
-from mim_jax import sharding, step as step_lib, teachers, train
+from mim_jax import sharding, step as step_lib, train
 
 
 def make(teacher_dir, mesh_spec, **overrides):

@@ -10,7 +10,7 @@ Loss = sum_j w_j * loss(A_j(fused_j), target_j) with top-K weights by default.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
