@@ -26,13 +26,8 @@ def get_config(arg=None):
   c.objective.pool = arg.pool
   c.objective.label_smoothing = 0.1
 
-  c.data.name = "mim_digits"
-  c.data.image_size = 32
-  c.data.split, c.data.eval_split = "train", "test"
-  c.data.crop_scale = (0.6, 1.0)  # small crops would cut digits in half
-  c.data.flip = False  # a flipped digit is another symbol
-  c.data.cache = True
-  c.data.shuffle_buffer = 2_000
+  # Crops above 60% of the area: smaller ones would cut digits in half.
+  common.digits_data(c, image_size=32, crop_scale=(0.6, 1.0))
 
   c.batch_size = 64
   c.total_epochs = None

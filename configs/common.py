@@ -59,16 +59,23 @@ def base(method: str) -> ml_collections.ConfigDict:
   return c
 
 
+def digits_data(c: ml_collections.ConfigDict, image_size: int,
+                crop_scale: tuple[float, float] = (0.2, 1.0)) -> None:
+  """The locally built digits dataset (no download): 1,497 train / 300 test images."""
+  c.data.name = "mim_digits"
+  c.data.image_size = image_size
+  c.data.split, c.data.eval_split = "train", "test"
+  c.data.crop_scale = crop_scale
+  c.data.flip = False  # a flipped digit is another symbol
+  c.data.cache = True
+  c.data.shuffle_buffer = 2_000
+
+
 def shrink_for_local(c: ml_collections.ConfigDict) -> None:
   """`runlocal`: the same config at a size that runs in seconds on a laptop CPU."""
   c.runlocal = True
   c.student.variant = "nano/4"
-  c.data.name = "mim_digits"
-  c.data.image_size = 16
-  c.data.flip = False  # digits are not mirror-symmetric
-  c.data.cache = True
-  c.data.shuffle_buffer = 2000
-  c.data.eval_split = "test"
+  digits_data(c, image_size=16, crop_scale=c.data.crop_scale)
   c.batch_size = 16
   c.total_steps = 4
   c.total_epochs = None
@@ -76,6 +83,8 @@ def shrink_for_local(c: ml_collections.ConfigDict) -> None:
   c.warmup_steps = 1
   if c.teacher.spec:
     c.teacher.spec = "demo"  # the demo's own teacher, trained on first use
+  if "decoder" in c.objective:  # MAE-style decoders
+    c.objective.decoder.update(width=32, depth=2, heads=2, mlp_dim=64)
   c.log_every = 1
   c.checkpoint_every = 2
   c.eval.every = 0

@@ -10,6 +10,7 @@ the distillation through the same loader as a real DINO checkpoint.
 
 runlocal=True: a few steps, for tests.
 """
+from configs import common
 from configs import maskalign_b16_clip_b16
 from mim_jax import config as config_lib
 
@@ -21,13 +22,7 @@ def get_config(arg=None):
   c.mask.kind, c.mask.ratio = "attentive", 0.7
   c.objective.top_k = 2  # of the teacher's 4 blocks (the paper: 5 of 12)
 
-  c.data.name = "mim_digits"
-  c.data.image_size = 32
-  c.data.split, c.data.eval_split = "train", "test"
-  c.data.crop_scale = (0.5, 1.0)
-  c.data.flip = False
-  c.data.cache = True
-  c.data.shuffle_buffer = 2_000
+  common.digits_data(c, image_size=32, crop_scale=(0.5, 1.0))
 
   c.batch_size = 64
   c.total_epochs = None

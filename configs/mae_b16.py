@@ -37,6 +37,4 @@ def get_config(arg=None):
   c.data.crop_scale = (0.2, 1.0)
   if arg.runlocal:
     common.shrink_for_local(c)
-    c.objective.decoder.width, c.objective.decoder.depth = 32, 2
-    c.objective.decoder.heads, c.objective.decoder.mlp_dim = 2, 64
   return c

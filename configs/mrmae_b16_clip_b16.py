@@ -43,6 +43,4 @@ def get_config(arg=None):
   if arg.runlocal:
     common.shrink_for_local(c)
     c.objective.fusion_layers = (0, 1)  # the nano student has 2 blocks
-    c.objective.decoder.width, c.objective.decoder.depth = 32, 2
-    c.objective.decoder.heads, c.objective.decoder.mlp_dim = 2, 64
   return c

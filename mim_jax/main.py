@@ -31,24 +31,17 @@ class ConfigError(SystemExit):
 
 def check_overrides(argv: list[str]) -> None:
   """Refuses `--config.a.b=v` when a.b is not a key of the config, naming the closest one."""
-  from mim_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mim_jax.tools import config_file  # pylint: disable=import-outside-toplevel
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if spec is None and "--config" in argv:
     spec = argv[argv.index("--config") + 1]
   keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   if not spec or not keys:
     return
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise ConfigError(f"error: config file {path} does not exist.")
-  module = config_flags.config_flags._LoadConfigModule("config", path)  # pylint: disable=protected-access
-  config = module.get_config(arg) if arg else module.get_config()
-  valid = set(config_lib.flat_keys(config))
-  for key in keys:
-    if key not in valid and not any(v.startswith(key + ".") for v in valid):
-      hint = config_lib.closest_key(config, key)
-      raise ConfigError(f"error: --config.{key} is not a key of {path}"
-                        + (f"; did you mean --config.{hint}?" if hint else "."))
+  try:
+    config_file.check_keys(config_file.load(spec), keys, prefix="--config.")
+  except (FileNotFoundError, KeyError) as e:
+    raise ConfigError(f"error: {e.args[0]} ({spec}).") from None
 
 
 def _distributed_args() -> dict[str, int]:

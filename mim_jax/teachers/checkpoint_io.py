@@ -183,6 +183,15 @@ def square_value(value: Any) -> int:
   return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
 
 
+def put_unique(out: dict[str, np.ndarray], name: str, key: str, value: np.ndarray,
+               kind: str) -> None:
+  """out[name] = value, refusing a second file key that maps to the same canonical name."""
+  if name in out:
+    raise CheckpointError(f"{kind} checkpoint: weight {key!r} duplicates another name for "
+                          f"{name!r}.")
+  out[name] = value
+
+
 def checked_geometry(config: Mapping[str, Any], kind: str, default_patch: int
                      ) -> tuple[int, int, int, int]:
   """(width, heads, patch, grid) of a ViT-like config, refusing what the Flax net cannot run:

@@ -107,10 +107,7 @@ def canonical_names(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise io.CheckpointError(f"CLIP checkpoint: {key!r} is not arange(N): positions are "
                                  "permuted, which is not handled.")
       continue
-    if name in out:
-      raise io.CheckpointError(f"CLIP checkpoint: weight {key!r} duplicates another name for "
-                               f"{name!r}.")
-    out[name] = value
+    io.put_unique(out, name, key, value, "CLIP")
   return out
 
 

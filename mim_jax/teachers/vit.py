@@ -91,10 +91,7 @@ def canonical_names(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     name = key[len("vit."):] if key.startswith("vit.") else key
     for pattern, repl in _MEMORY_TO_FILE:
       name = re.sub(pattern, repl, name)
-    if name in out:
-      raise io.CheckpointError(f"ViT checkpoint: weight {key!r} duplicates another name for "
-                               f"{name!r}.")
-    out[name] = value
+    io.put_unique(out, name, key, value, "ViT")
   return out
 
 

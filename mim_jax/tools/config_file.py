@@ -41,14 +41,15 @@ def load(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def check_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
-  """Raises KeyError naming the closest valid key for any dotted key the config lacks."""
+def check_keys(config: ml_collections.ConfigDict, keys: Iterable[str], prefix: str = "") -> None:
+  """Raises KeyError naming the closest valid key for any dotted key the config lacks (keys
+  and the hint are spelt `prefix + key`, e.g. prefix "--config." for command-line flags)."""
   valid = set(config_lib.flat_keys(config))
   for key in keys:
     if key not in valid:
       guess = config_lib.closest_key(config, key)
-      hint = f"; did you mean {guess!r}?" if guess else ""
-      raise KeyError(f"{key!r} is not a field of the config{hint}")
+      hint = f"; did you mean {prefix}{guess}?" if guess else ""
+      raise KeyError(f"{prefix}{key} is not a field of the config{hint}")
 
 
 def get_dotted(config: ml_collections.ConfigDict, key: str) -> Any:
