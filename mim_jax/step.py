@@ -7,6 +7,7 @@ parameters are an argument of the step, never part of the state or the optimizer
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import flax
@@ -48,6 +49,11 @@ class Setup:
   def model_student(self):
     return getattr(self.model, "student", self.model)
 
+  @functools.cached_property
+  def state_layout(self) -> tuple["TrainState", "TrainState"]:
+    """(abstract state, its shardings); see `state_shardings`."""
+    return _state_layout(self)
+
 
 def _mask_kind(config) -> str:
   return config.mask.kind if config.get("mask") else "none"
@@ -72,7 +78,12 @@ def _init_params(setup: Setup, rng: jax.Array, batch: int = 2) -> PyTree:
 
 def state_shardings(setup: Setup) -> tuple[TrainState, TrainState]:
   """(abstract unboxed state, its shardings). Parameters follow the logical rules; optimizer
-  moments follow their parameters; scalars are replicated."""
+  moments follow their parameters; scalars are replicated. Traced once per Setup: restore,
+  init and the jitted step all ask for it."""
+  return setup.state_layout
+
+
+def _state_layout(setup: Setup) -> tuple[TrainState, TrainState]:
   boxed = jax.eval_shape(lambda r: _init_params(setup, r), jax.random.key(0))
   param_sh = sharding_lib.logical_shardings(boxed, setup.mesh)
   params = nn.unbox(boxed)
