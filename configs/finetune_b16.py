@@ -10,9 +10,11 @@ mixup 0.8 / cutmix 1.0 (switch prob 0.5), global average pooling with fc_norm.
 
 Arguments: variant=B/16, recipe=maskalign|mae (sets blr), runlocal=True (nano on digits).
 
-TODO (not applied yet, recorded so that a run says what it lacks): `init_from` (the pretrained
-workdir whose student initialises params["student"]: the train loop does not read it yet), and
-the input pipeline's RandAugment m9-mstd0.5 and random erasing 0.25 (`augment`).
+`init_from`: the pretraining workdir (or workdir:step) whose student initialises
+params["student"] (mim_jax/init_from.py).
+
+TODO (not applied yet, recorded so that a run says what it lacks): the input pipeline's
+RandAugment m9-mstd0.5 and random erasing 0.25 (`augment`).
 """
 import ml_collections
 
@@ -47,7 +49,7 @@ def get_config(arg=None):
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.999, 0.05
   c.optim.layer_decay = 0.65
 
-  c.init_from = ml_collections.FieldReference(None, field_type=str)  # TODO: see docstring
+  c.init_from = ml_collections.FieldReference(None, field_type=str)  # see docstring
   c.augment = ml_collections.ConfigDict(dict(randaugment="rand-m9-mstd0.5-inc1",
                                              random_erasing=0.25))  # TODO: see docstring
   if arg.runlocal:

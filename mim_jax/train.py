@@ -22,6 +22,7 @@ from etils import epath
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
+from mim_jax import init_from as init_from_lib
 from mim_jax import metrics as metrics_lib
 from mim_jax import objectives
 from mim_jax import optim
@@ -144,6 +145,16 @@ def _check_finite(step: int, scalars: dict, mngr) -> None:
                              f"learning rate or check the data, then resume from it.")
 
 
+def init_student(state: step_lib.TrainState, shardings: step_lib.TrainState, spec: str
+                 ) -> step_lib.TrainState:
+  """`state` with params["student"] taken from `spec` (see `mim_jax.init_from`), placed with the
+  state's own shardings; the optimizer state is untouched (fresh)."""
+  student = jax.device_get(state.params["student"])
+  loaded = init_from_lib.load_student(spec, student)
+  placed = jax.device_put(loaded, shardings.params["student"])
+  return state.replace(params=dict(state.params, student=placed))
+
+
 @dataclasses.dataclass
 class Result:
   """What a finished run leaves in memory: the final state and what built it."""
@@ -157,6 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   """Trains `config` in `workdir`, resuming from its latest checkpoint (a finished run is only
   restored)."""
   teacher = load_teacher(config)  # bad teacher or data input fails before anything is written
+  if config.get("init_from"):
+    init_from_lib.check(config.init_from)  # a bad source, too
   mesh = sharding_lib.make_mesh(config.mesh)
   total_steps, warmup_steps = durations(config, input_pipeline.num_examples(config.data))
   # epath: a local directory or a gs:// one (a pod's hosts share no disk), as orbax's own paths.
@@ -171,6 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   start, state = ckpt_lib.restore(mngr, abstract, shardings)
   if state is None:
     start, state = 0, step_lib.init_state(setup, jax.random.key(config.seed))
+    if config.get("init_from"):
+      state = init_student(state, shardings, config.init_from)
   else:
     logging.info("Resumed from step %d in %s", start, mngr.directory)
 
