@@ -2,9 +2,19 @@
 
 Sources (`spec`):
   <workdir>        a pretraining (or fine-tuning) workdir of this project: its latest checkpoint;
-  <workdir>:<step> that step's checkpoint.
-Only the student's parameters are taken (`params["student"]`); everything else in the source
-(heads, decoders, adaptors, optimizer state) is listed once as dropped. The load is strict: every
+  <workdir>:<step> that step's checkpoint (only `params["student"]` is taken);
+  <directory>      a transformers `ViTModel` / `ViTMAEModel` / `BeitModel` (or their task
+                   models') checkpoint: config.json + model.safetensors / pytorch_model.bin;
+  <file>           a PyTorch state dict, .safetensors or .pth/.pt/.bin: timm `vit_*` / `beit_*`,
+                   MAE's released .pth (under "model"), BEiT / BEiT v2's .pth (under "model" or
+                   "module": q/v biases, gamma_1/2 layer scale, shared or per-block relative
+                   position bias tables).
+Torch names are first brought to timm's ViT names (`canonical_*`), then one map fills the student
+(`_timm_to_student`); the layout changes are `teachers.checkpoint_io`'s. Everything the student
+does not use (heads, decoders, mask tokens, teacher weights, the optimizer) is listed once as
+dropped. A shared relative position bias fills every block's table when the student has one per
+block (BEiT's start of fine-tuning); a fixed sin-cos student checks the source's embedding equals
+its own. The load is strict: every
 student tensor is filled or the run stops naming what is missing; a position embedding on another
 grid is resized bicubically (torch's kernel, `teachers.resize`); any other shape difference stops
 the run. `check(spec)` runs before anything is written, so a bad path fails in one line.
@@ -23,9 +33,36 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers import resize
+from mim_jax.teachers import vit as hf_vit
 
 PyTree = Any
+
+
+TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+# transformers ViT / ViTMAE / BEiT file names (after teachers.vit.canonical_names) -> timm's.
+_HF_TO_TIMM = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.mask_token$", "mask_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.",
+     r"blocks.\1.attn.\2."),
+    (r"^encoder\.layer\.(\d+)\.attention\.attention\.relative_position_bias\."
+     r"relative_position_bias_table$", r"blocks.\1.attn.relative_position_bias_table"),
+    (r"^encoder\.relative_position_bias\.relative_position_bias_table$",
+     "rel_pos_bias.relative_position_bias_table"),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (r"^encoder\.layer\.(\d+)\.lambda_([12])$", r"blocks.\1.ls\2.gamma"),
+    (r"^layernorm\.", "norm."),
+    (r"^pooler\.layernorm\.", "fc_norm."),
+]
 
 
 class InitFromError(ValueError):
@@ -34,7 +71,7 @@ class InitFromError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  kind: str  # "workdir"
+  kind: str  # "workdir" | "transformers" | "torch"
   path: str
   step: Optional[int] = None
 
@@ -62,7 +99,7 @@ def check(spec: str) -> Source:
   if not os.path.exists(path):
     raise InitFromError(f"init_from {spec!r}: no such file or directory; give a pretraining "
                         f"workdir (optionally workdir:step).")
-  if os.path.isdir(path):
+  if os.path.isdir(path) and (step is not None or os.path.isdir(_checkpoint_dir(path))):
     steps = _steps(path)
     if not steps:
       raise InitFromError(f"init_from {spec!r}: {_checkpoint_dir(path)} holds no checkpoint; "
@@ -73,8 +110,17 @@ def check(spec: str) -> Source:
       raise InitFromError(f"init_from {spec!r}: no checkpoint at step {step}; "
                           f"saved steps: {steps}.")
     return Source("workdir", os.path.abspath(path), step)
-  raise InitFromError(f"init_from {spec!r}: not a directory; give a pretraining workdir "
-                      f"(optionally workdir:step).")
+  if step is not None:
+    raise InitFromError(f"init_from {spec!r}: ':step' applies to a workdir only.")
+  if os.path.isdir(path):
+    if io.has_weights(path) and os.path.isfile(os.path.join(path, io.CONFIG_FILE)):
+      return Source("transformers", os.path.abspath(path))
+    raise InitFromError(f"init_from {spec!r}: neither a workdir with checkpoints/ nor a "
+                        f"transformers checkpoint (config.json + weights).")
+  if path.endswith(TORCH_SUFFIXES):
+    return Source("torch", os.path.abspath(path))
+  raise InitFromError(f"init_from {spec!r}: unknown file type; give a workdir, a transformers "
+                      f"directory or a state dict ending in {', '.join(TORCH_SUFFIXES)}.")
 
 
 def _read_workdir(source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -96,32 +142,175 @@ def _read_workdir(source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
   return flat, dropped
 
 
-def read(source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
+def _read_torch_file(path: str) -> dict[str, np.ndarray]:
+  if path.endswith(".safetensors"):
+    return io._read_safetensors(path)  # pylint: disable=protected-access
+  import argparse  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  # Released training checkpoints carry their argparse arguments beside the weights.
+  with torch.serialization.safe_globals([argparse.Namespace]):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  for key in ("model", "module", "state_dict"):
+    if isinstance(state, dict) and isinstance(state.get(key), dict):
+      state = state[key]
+      break
+  return {k: io._to_numpy(v, torch) for k, v in state.items()  # pylint: disable=protected-access
+          if isinstance(v, torch.Tensor)}
+
+
+def canonical_transformers(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """transformers ViT / ViTMAE / BEiT file (or in-memory) names -> timm's ViT names; q/k/v
+  fused (a missing key bias, BEiT's, is zero)."""
+  w = hf_vit.canonical_names({k[len("beit."):] if k.startswith("beit.") else k: v
+                              for k, v in w.items()})
+  out, qkv = {}, {}
+  for key, value in w.items():
+    name = key
+    for pattern, repl in _HF_TO_TIMM:
+      name = re.sub(pattern, repl, name)
+    m = re.fullmatch(r"blocks\.(\d+)\.attn\.(query|key|value)\.(weight|bias)", name)
+    if m:
+      qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+      continue
+    io.put_unique(out, name, key, value, "init_from")
+  for (i, kind), parts in qkv.items():
+    if kind == "bias" and "key" not in parts and "query" in parts:
+      parts["key"] = np.zeros_like(parts["query"])
+    if set(parts) == {"query", "key", "value"}:
+      out[f"blocks.{i}.attn.qkv.{kind}"] = np.concatenate(
+          [parts[n] for n in ("query", "key", "value")], 0)
+    else:
+      out.update({f"blocks.{i}.attn.{n}.{kind}": v for n, v in parts.items()})
+  return out
+
+
+def canonical_beit(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """BEiT / BEiT v2 / timm beit names -> timm's ViT names: q_bias, (k_bias), v_bias -> qkv.bias,
+  gamma_1/2 -> ls1/2.gamma; the relative position index buffers are rebuilt by the student."""
+  out = {}
+  for key, value in w.items():
+    if key.endswith("relative_position_index") or re.search(r"attn\.[qkv]_bias$", key):
+      continue
+    name = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key)
+    out[name] = value
+  for key, value in w.items():
+    m = re.fullmatch(r"(blocks\.\d+\.attn)\.q_bias", key)
+    if m:
+      k_bias = w.get(f"{m.group(1)}.k_bias", np.zeros_like(value))
+      out[f"{m.group(1)}.qkv.bias"] = np.concatenate([value, k_bias, w[f"{m.group(1)}.v_bias"]])
+  return out
+
+
+def _is_beit(w: Mapping[str, np.ndarray]) -> bool:
+  return any(k.endswith((".q_bias", ".gamma_1")) or "relative_position_bias_table" in k
+             for k in w)
+
+
+def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vit: Any,
+                     source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
+  """timm ViT names -> flat student names (shapes from the student tree); (weights, unused)."""
+  template = traverse_util.flatten_dict(dict(student), sep="/")
+  used: set[str] = set()
+
+  def take(name):
+    used.add(name)
+    return w[name]
+
+  out: dict[str, np.ndarray] = {}
+
+  def put(ours, theirs, fn=lambda x: x):
+    if theirs in w:
+      value = fn(take(theirs))
+      shape = np.shape(template[ours]) if ours in template else None
+      if shape is not None and value.shape != shape and value.size == int(np.prod(shape)) \
+          and not ours.endswith("pos_embedding"):
+        value = value.reshape(shape)  # [3*H*Dh] -> [3, H, Dh] and the like
+      out[ours] = value
+
+  heads = vit.num_heads
+  put("patch_embed/kernel", "patch_embed.proj.weight", io.conv_to_hwio)
+  put("patch_embed/bias", "patch_embed.proj.bias")
+  put("cls", "cls_token")
+  put("mask_token", "mask_token")
+  put("norm/scale", "norm.weight")
+  put("norm/bias", "norm.bias")
+  for i in range(vit.depth):
+    p, b = f"blocks.{i}.", f"block{i}/"
+    for ours, theirs in (("ln1", "norm1"), ("ln2", "norm2")):
+      put(f"{b}{ours}/scale", f"{p}{theirs}.weight")
+      put(f"{b}{ours}/bias", f"{p}{theirs}.bias")
+    put(f"{b}attn/qkv_kernel", f"{p}attn.qkv.weight",
+        lambda x: io.fused_qkv(*np.split(x, 3, axis=0), heads))
+    put(f"{b}attn/qkv_bias", f"{p}attn.qkv.bias")
+    put(f"{b}attn/out_kernel", f"{p}attn.proj.weight", lambda x: io.out_kernel(x, heads))
+    put(f"{b}attn/out_bias", f"{p}attn.proj.bias")
+    for fc in ("fc1", "fc2"):
+      put(f"{b}mlp/{fc}/kernel", f"{p}mlp.{fc}.weight", io.linear_to_kernel)
+      put(f"{b}mlp/{fc}/bias", f"{p}mlp.{fc}.bias")
+    put(f"{b}ls1", f"{p}ls1.gamma")
+    put(f"{b}ls2", f"{p}ls2.gamma")
+    put(f"rel_pos_bias_{i}/table", f"{p}attn.relative_position_bias_table")
+  shared = "rel_pos_bias.relative_position_bias_table"
+  if "rel_pos_bias/table" in template:
+    put("rel_pos_bias/table", shared)
+  elif shared in w and "rel_pos_bias_0/table" in template:
+    for i in range(vit.depth):  # unshared per block, as BEiT starts fine-tuning
+      out.setdefault(f"rel_pos_bias_{i}/table", take(shared))
+  if "pos_embed" in w:
+    pos = take("pos_embed")[0]
+    if "pos_embedding" in template:
+      out["pos_embedding"] = pos
+    else:
+      _check_fixed_posemb(pos, vit, source)
+  return out, sorted(set(w) - used)
+
+
+def _check_fixed_posemb(pos: np.ndarray, vit: Any, source: Source) -> None:
+  """A student without learned position embedding must see the same one the source used."""
+  from mim_jax import export  # pylint: disable=import-outside-toplevel
+  own = export.position_embedding({}, vit)
+  if pos.shape != own.shape:
+    pos = resize_pos_embedding(pos, own.shape)
+  if not np.allclose(pos, own, atol=1e-4):
+    raise InitFromError(f"init_from {source.describe()}: its position embedding is not this "
+                        f"student's fixed posemb={vit.posemb!r}; set student.posemb='learned'.")
+
+
+def read(source: Source, student: Mapping[str, Any], vit: Any
+         ) -> tuple[dict[str, np.ndarray], list[str]]:
   """(flat student weights, names of what the source holds besides them)."""
   if source.kind == "workdir":
     return _read_workdir(source)
-  raise InitFromError(f"init_from: unknown source kind {source.kind!r}.")
+  if source.kind == "transformers":
+    w = canonical_transformers(io.read_weights(source.path))
+  elif source.kind == "torch":
+    w = _read_torch_file(source.path)
+    w = canonical_beit(w) if _is_beit(w) else w
+  else:
+    raise InitFromError(f"init_from: unknown source kind {source.kind!r}.")
+  return _timm_to_student(w, student, vit, source)
 
 
 def _fit(name: str, value: np.ndarray, shape: tuple[int, ...], source: Source) -> np.ndarray:
   if value.shape == tuple(shape):
     return value
-  if name.endswith("pos_embedding") and value.ndim == 3 and len(shape) == 3 \
-      and value.shape[-1] == shape[-1]:
+  if name.endswith("pos_embedding") and value.ndim == len(shape) and value.shape[-1] == shape[-1]:
     return resize_pos_embedding(value, shape)
   raise InitFromError(f"init_from {source.describe()}: {name} has shape {value.shape}, the "
                       f"student needs {tuple(shape)}; use a source with the student's variant.")
 
 
 def resize_pos_embedding(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """[1, extra + n*n, D] -> [1, extra + m*m, D], bicubic on the grid; extra (CLS) tokens kept."""
-  n_src, n_dst = value.shape[1], shape[1]
+  """[(1,) extra + n*n, D] -> [(1,) extra + m*m, D], bicubic on the grid (torch's kernel); the
+  extra (CLS) row is kept."""
+  n_src, n_dst = value.shape[-2], shape[-2]
+  rows = value.reshape(n_src, value.shape[-1])
   for extra in (1, 0):
     gs, gd = int(round((n_src - extra) ** 0.5)), int(round((n_dst - extra) ** 0.5))
     if gs * gs == n_src - extra and gd * gd == n_dst - extra:
-      grid = value[0, extra:].reshape(gs, gs, -1)
+      grid = rows[extra:].reshape(gs, gs, -1)
       out = resize.resize_grid_np(grid, (gd, gd)).reshape(gd * gd, -1)
-      return np.concatenate([value[0, :extra], out], 0)[None].astype(value.dtype)
+      return np.concatenate([rows[:extra], out], 0).reshape(shape).astype(value.dtype)
   raise InitFromError(f"position embedding of {n_src} tokens cannot be resized to {n_dst}.")
 
 
@@ -141,10 +330,11 @@ def merge(student: Mapping[str, Any], weights: Mapping[str, np.ndarray], source:
   return traverse_util.unflatten_dict(out, sep="/"), unused
 
 
-def load_student(spec: str, student: Mapping[str, Any]) -> dict[str, Any]:
-  """The student parameters (host numpy, same tree as `student`) initialised from `spec`."""
+def load_student(spec: str, student: Mapping[str, Any], vit: Any) -> dict[str, Any]:
+  """The student parameters (host numpy, same tree as `student`) of the ViT module `vit`,
+  initialised from `spec`."""
   source = check(spec)
-  weights, dropped = read(source)
+  weights, dropped = read(source, student, vit)
   tree, unused = merge(student, weights, source)
   logging.info("init_from: loaded %d student tensors from %s", len(weights) - len(unused),
                source.describe())

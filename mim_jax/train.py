@@ -145,12 +145,12 @@ def _check_finite(step: int, scalars: dict, mngr) -> None:
                              f"learning rate or check the data, then resume from it.")
 
 
-def init_student(state: step_lib.TrainState, shardings: step_lib.TrainState, spec: str
-                 ) -> step_lib.TrainState:
+def init_student(state: step_lib.TrainState, shardings: step_lib.TrainState, spec: str,
+                 vit: Any) -> step_lib.TrainState:
   """`state` with params["student"] taken from `spec` (see `mim_jax.init_from`), placed with the
   state's own shardings; the optimizer state is untouched (fresh)."""
   student = jax.device_get(state.params["student"])
-  loaded = init_from_lib.load_student(spec, student)
+  loaded = init_from_lib.load_student(spec, student, vit)
   placed = jax.device_put(loaded, shardings.params["student"])
   return state.replace(params=dict(state.params, student=placed))
 
@@ -185,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   if state is None:
     start, state = 0, step_lib.init_state(setup, jax.random.key(config.seed))
     if config.get("init_from"):
-      state = init_student(state, shardings, config.init_from)
+      state = init_student(state, shardings, config.init_from, setup.model_student())
   else:
     logging.info("Resumed from step %d in %s", start, mngr.directory)
 

@@ -90,3 +90,134 @@ def test_bad_init_from_fails_in_one_line_before_writing(tmp_path, mae_workdir):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and words in last, r.stderr[-2000:]
     assert not workdir.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Released PyTorch formats: features of the loaded student equal the source model's (float32).
+# --------------------------------------------------------------------------------------------
+import argparse  # noqa: E402
+
+import torch  # noqa: E402
+from flax import traverse_util  # noqa: E402
+
+from mim_jax import export  # noqa: E402
+from mim_jax.models.vit import ViT  # noqa: E402
+from tests.test_export import max_err, nchw, timm_convention_forward  # noqa: E402
+
+ATOL = 1e-5
+
+
+def tiny_student(**kw):
+  return ViT(patch=4, width=32, depth=2, num_heads=2, mlp_dim=64, image_size=16, **kw)
+
+
+def student_template(vit):
+  return nn_unbox(vit.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))["params"])
+
+
+def nn_unbox(tree):
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  return jax.device_get(nn.meta.unbox(tree))
+
+
+def features(vit, params, x):
+  return np.asarray(vit.apply({"params": params}, x)[0])
+
+
+def random_timm_sd(depth=2, d=32, m=64, n=16, layer_scale=True, seed=0):
+  g = torch.Generator().manual_seed(seed)
+  r = lambda *s: torch.randn(*s, generator=g) * 0.2
+  sd = {"cls_token": r(1, 1, d), "pos_embed": r(1, n + 1, d),
+        "patch_embed.proj.weight": r(d, 3, 4, 4), "patch_embed.proj.bias": r(d),
+        "norm.weight": 1 + r(d), "norm.bias": r(d), "head.weight": r(10, d), "head.bias": r(10)}
+  for i in range(depth):
+    p = f"blocks.{i}."
+    sd.update({p + "norm1.weight": 1 + r(d), p + "norm1.bias": r(d),
+               p + "attn.qkv.weight": r(3 * d, d), p + "attn.qkv.bias": r(3 * d),
+               p + "attn.proj.weight": r(d, d), p + "attn.proj.bias": r(d),
+               p + "norm2.weight": 1 + r(d), p + "norm2.bias": r(d),
+               p + "mlp.fc1.weight": r(m, d), p + "mlp.fc1.bias": r(m),
+               p + "mlp.fc2.weight": r(d, m), p + "mlp.fc2.bias": r(d)})
+    if layer_scale:
+      sd[p + "ls1.gamma"], sd[p + "ls2.gamma"] = r(d), r(d)
+  return sd
+
+
+def load(spec, vit):
+  return init_from.load_student(spec, student_template(vit), vit)
+
+
+def test_timm_safetensors_features_equal(tmp_path):
+  from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
+  sd = random_timm_sd()
+  path = str(tmp_path / "vit_tiny.safetensors")
+  save_file(sd, path)
+  vit = tiny_student(posemb="learned", layer_scale=0.1)
+  x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  _, want, _ = timm_convention_forward(sd, nchw(x), 2, 2, "token")
+  assert max_err(features(vit, load(path, vit), x), want) < ATOL
+
+
+def test_mae_pth_features_equal_and_pretraining_parts_dropped(tmp_path, caplog):
+  vit = tiny_student()  # MAE's fixed sin-cos embedding
+  sd = random_timm_sd(layer_scale=False)
+  sd["pos_embed"] = torch.from_numpy(export.position_embedding({}, vit))[None]
+  sd.pop("head.weight"), sd.pop("head.bias")
+  sd.update({"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.ones(8, 32),
+             "decoder_pred.bias": torch.ones(48)})
+  path = str(tmp_path / "mae_pretrain.pth")
+  torch.save({"model": sd, "args": argparse.Namespace(model="mae_vit_tiny")}, path)
+  x = np.random.default_rng(2).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  _, want, _ = timm_convention_forward(sd, nchw(x), 2, 2, "token")
+  caplog.set_level("INFO")
+  assert max_err(features(vit, load(path, vit), x), want) < ATOL
+  dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+  assert len(dropped) == 1 and "decoder_embed.weight" in dropped[0] and "mask_token" in dropped[0]
+  # a learned (non sin-cos) embedding cannot go into a fixed sin-cos student
+  sd["pos_embed"] = sd["pos_embed"] + 0.1
+  torch.save({"model": sd}, path)
+  with pytest.raises(init_from.InitFromError, match="posemb='learned'"):
+    load(path, vit)
+
+
+def test_transformers_vit_features_equal(tmp_path):
+  import transformers  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, image_size=16, patch_size=4,
+                               layer_norm_eps=1e-6)
+  model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(torch.randn_like(p) * 0.1)
+  model.save_pretrained(str(tmp_path))
+  vit = tiny_student(posemb="learned")
+  x = np.random.default_rng(3).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  with torch.no_grad():
+    want = model(pixel_values=nchw(x)).last_hidden_state
+  assert max_err(features(vit, load(str(tmp_path), vit), x), want) < ATOL
+
+
+def test_transformers_vit_mae_features_equal(tmp_path):
+  import transformers  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  cfg = transformers.ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, image_size=16, patch_size=4,
+                                  layer_norm_eps=1e-6, mask_ratio=0.0, decoder_hidden_size=16,
+                                  decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+                                  decoder_intermediate_size=32)
+  model = transformers.ViTMAEForPreTraining(cfg).eval()
+  emb = model.vit.embeddings  # transformers' own MAE sin-cos (left at zeros when constructed)
+  emb.patch_embeddings.projection._is_hf_initialized = False  # pylint: disable=protected-access
+  emb.initialize_weights()
+  assert float(emb.position_embeddings.abs().max()) > 0.5
+  with torch.no_grad():
+    for n, p in model.named_parameters():
+      if "position_embeddings" not in n:
+        p.add_(torch.randn_like(p) * 0.1)
+  model.save_pretrained(str(tmp_path))
+  vit = tiny_student()
+  x = np.random.default_rng(4).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  with torch.no_grad():  # noise in increasing order keeps the patches in place
+    want = model.vit(pixel_values=nchw(x), noise=torch.arange(16.0).expand(2, 16)).last_hidden_state
+  assert max_err(features(vit, load(str(tmp_path), vit), x), want) < ATOL
