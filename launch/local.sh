@@ -4,8 +4,9 @@
 #   bash launch/local.sh test [pytest args]           # installs, then runs the test suite
 #   bash launch/local.sh train --config ... --workdir ...   # python -m mim_jax.main
 #   bash launch/local.sh setup                        # installs only
-# The virtual environment is .venv (MIM_JAX_VENV overrides); requirements are installed again
-# only when requirements.txt changes.
+# The virtual environment is .venv (MIM_JAX_VENV overrides). `test` installs requirements-test.txt
+# (core + torch + pytest), everything else the core requirements.txt only (no torch); each set is
+# installed again only when one of its files changes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,11 +16,19 @@ python=${PYTHON:-python3}
 if [[ ! -x $venv/bin/python ]]; then
   "$python" -m venv "$venv"
 fi
-stamp=$venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+cmd=${1:-}
+shift || true
+# The requirement set of this command and the files it reads (their hashes make the stamp).
+if [[ $cmd == test ]]; then
+  reqs=requirements-test.txt; files="requirements.txt requirements-torch.txt requirements-test.txt"
+else
+  reqs=requirements.txt; files=requirements.txt
+fi
+stamp=$venv/.${reqs%.txt}.sha256
+want=$(cat $files | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -r requirements.txt
+  "$venv/bin/python" -m pip install --quiet -r "$reqs"
   echo "$want" > "$stamp"
 fi
 
@@ -33,8 +42,6 @@ for lib in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu
 done
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
 
-cmd=${1:-}
-shift || true
 case $cmd in
   setup) ;;
   test) exec "$venv/bin/python" -m pytest "$@" ;;

@@ -191,3 +191,27 @@ def test_random_teacher_has_the_known_shape():
   teacher = teachers.random_teacher("clip", small).for_student(224, 16)
   out = teacher.apply(teacher.params, testing.student_images(1, 224))
   assert out["final"].shape == (1, 197, 32) and out["embeds"].shape == (1, 8)
+
+
+def test_read_weights_bfloat16_safetensors_without_torch(tmp_path, monkeypatch):
+  """bfloat16 / float16 tensors read as float32 through JAX; torch is never imported."""
+  import builtins  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from safetensors.flax import save_file  # pylint: disable=import-outside-toplevel
+  from mim_jax.teachers import checkpoint_io  # pylint: disable=import-outside-toplevel
+  values = np.array([1.0, -2.5, 3.140625], np.float32)  # exact in bfloat16
+  save_file({"a": jnp.asarray(values, jnp.bfloat16), "b": jnp.asarray(values, jnp.float16),
+             "ids": jnp.arange(3, dtype=jnp.int32)}, str(tmp_path / "model.safetensors"))
+  real_import = builtins.__import__
+
+  def no_torch(name, *args, **kwargs):
+    if name == "torch" or name.startswith("torch."):
+      raise ImportError("torch is not installed")
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", no_torch)
+  weights = checkpoint_io.read_weights(str(tmp_path))
+  for key in ("a", "b"):
+    assert weights[key].dtype == np.float32
+    np.testing.assert_array_equal(weights[key], values)
+  np.testing.assert_array_equal(weights["ids"], [0, 1, 2])

@@ -107,19 +107,25 @@ def read_weights(directory: str) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  # The torch framework reads every dtype (bfloat16 and float16 included); numpy cannot hold
-  # bfloat16, so tensors go through float32 on the way out.
+  # Read through JAX (no torch needed): numpy cannot hold bfloat16, jax.numpy can; floating
+  # tensors of every width leave as float32.
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   out = {}
-  with safe_open(path, framework="pt") as f:
+  with safe_open(path, framework="flax") as f:
     for key in f.keys():
-      out[key] = _to_numpy(f.get_tensor(key), torch)
+      x = f.get_tensor(key)
+      out[key] = np.asarray(x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x)
   return out
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
-  import torch  # pylint: disable=import-outside-toplevel
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise CheckpointError(f"{path!r} is a PyTorch pickle and reading it needs torch: "
+                          "pip install -r requirements-torch.txt, or convert it to "
+                          "safetensors.") from e
   state = torch.load(path, map_location="cpu", weights_only=True)
   return {k: _to_numpy(v, torch) for k, v in state.items()}
 
