@@ -4,6 +4,14 @@ Only the student side of the state is written (step, params, optimizer state); t
 never part of it. Every host calls `save`/`restore`; orbax writes each array's shards from the
 hosts that own them. Restoring takes an abstract state carrying the *target* shardings, so a
 checkpoint written on one mesh restores onto another.
+
+Beside the state, a checkpoint may hold `data`: a small JSON item (the input pipeline's
+position on every host), so that a resumed run reads exactly the records a straight run would.
+
+A checkpoint that cannot be read (a truncated or garbled array file, a missing metadata file) is
+not the end of a run: `restore_latest` warns in one line, moves it aside to
+`checkpoints/corrupt-<step>-<n>` (never deleting it) and restores the newest one that reads. All
+hosts agree on every attempt's outcome, so they restore the same step.
 """
 from __future__ import annotations
 
@@ -11,12 +19,16 @@ import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 PyTree = Any
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
   pass
 
 
@@ -29,9 +41,14 @@ def manager(workdir: str, *, keep: int = 3, asynchronous: bool = True
   return ocp.CheckpointManager(path, options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: PyTree) -> None:
-  """Starts writing `state` at `step` (returns at once when async)."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
+         data: Optional[dict] = None) -> None:
+  """Starts writing `state` (and the JSON-able `data`, when given) at `step` (returns at once
+  when async)."""
+  items = {"state": ocp.args.StandardSave(state)}
+  if data is not None:
+    items["data"] = ocp.args.JsonSave(data)
+  mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
 def abstract_with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
@@ -39,20 +56,90 @@ def abstract_with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
                       abstract, shardings)
 
 
+def _read(mngr: ocp.CheckpointManager, step: int, target: PyTree
+          ) -> tuple[PyTree, Optional[dict]]:
+  """(state, data or None) of `step`; raises whatever orbax / TensorStore raise."""
+  items = {"state": ocp.args.StandardRestore(target)}
+  has_data = (epath.Path(mngr.directory) / str(step) / "data").exists()
+  if has_data:
+    items["data"] = ocp.args.JsonRestore()
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  return restored["state"], (restored["data"] if has_data else None)
+
+
+def _all_hosts_ok(ok: bool) -> bool:
+  """True when `ok` holds on every host (each host may see a different shard fail)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _reason(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:240]}"
+
+
+def move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+  """Renames checkpoint `step` to `corrupt-<step>-<n>` beside it (process 0; never deletes)."""
+  root = epath.Path(mngr.directory)
+  n = 0
+  while (root / f"corrupt-{step}-{n}").exists():
+    n += 1
+  dest = root / f"corrupt-{step}-{n}"
+  if jax.process_count() > 1:  # every host has picked the same name before it is taken
+    multihost_utils.sync_global_devices(f"mim_jax_move_aside_{step}_{n}")
+  if jax.process_index() == 0:
+    (root / str(step)).rename(dest)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"mim_jax_moved_aside_{step}_{n}")
+  return str(dest)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract: PyTree, shardings: PyTree
+                   ) -> tuple[Optional[int], Optional[PyTree], Optional[dict]]:
+  """(step, state, data) of the newest checkpoint that reads, placed with `shardings`;
+  (None, None, None) when the directory holds none.
+
+  Newer checkpoints that do not read are moved aside with one warning line each, but only once
+  an older one has read: when none reads (e.g. the config's model changed) nothing is moved and
+  a `CheckpointError` lists every step with its reason.
+  """
+  target = abstract_with_shardings(abstract, shardings)
+  failed: list[tuple[int, str]] = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state, data = _read(mngr, step, target)
+      reason = None
+    except Exception as e:  # pylint: disable=broad-except  (any failure to read: try older)
+      state, data, reason = None, None, _reason(e)
+    if _all_hosts_ok(reason is None):
+      for bad, why in failed:
+        dest = move_aside(mngr, bad)
+        logging.warning("Checkpoint step %d cannot be read (%s); moved it to %s and resumed "
+                        "from step %d.", bad, why, dest, step)
+      if failed:
+        mngr.reload()
+      return step, state, data
+    failed.append((step, reason or "another host could not read it"))
+  if failed:
+    listing = "; ".join(f"step {s}: {why}" for s, why in failed)
+    raise CheckpointError(
+        f"no checkpoint in {mngr.directory} can be restored ({listing}). If the model config "
+        f"changed, use a fresh --workdir; nothing was moved or overwritten.")
+  return None, None, None
+
+
 def restore(mngr: ocp.CheckpointManager, abstract: PyTree, shardings: PyTree,
             step: Optional[int] = None) -> tuple[Optional[int], Optional[PyTree]]:
-  """(step, state) of the latest (or given) checkpoint, placed with `shardings`;
-  (None, None) when the directory holds none."""
-  step = mngr.latest_step() if step is None else step
+  """(step, state) of the given step, else of the newest checkpoint that reads (see
+  `restore_latest`), placed with `shardings`; (None, None) when the directory holds none."""
   if step is None:
-    return None, None
-  target = abstract_with_shardings(abstract, shardings)
+    found, state, _ = restore_latest(mngr, abstract, shardings)
+    return found, state
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
-  except (ValueError, KeyError, TypeError) as e:
+    state, _ = _read(mngr, step, abstract_with_shardings(abstract, shardings))
+  except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
-        f"Checkpoint {mngr.directory}/{step} does not match this config's model "
-        f"({type(e).__name__}: {str(e)[:300]}). Use a fresh --workdir for a different model; "
-        f"nothing was overwritten.") from e
-  return step, restored["state"]
+        f"checkpoint {mngr.directory}/{step} cannot be restored ({_reason(e)}): it is corrupt, "
+        f"or written for another model (then use a fresh --workdir).") from e
+  return step, state

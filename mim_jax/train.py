@@ -181,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   mngr = ckpt_lib.manager(workdir, keep=config.keep_checkpoints,
                           asynchronous=config.async_checkpoint)
   abstract, shardings = step_lib.state_shardings(setup)
-  start, state = ckpt_lib.restore(mngr, abstract, shardings)
+  start, state, _ = ckpt_lib.restore_latest(mngr, abstract, shardings)
   if state is None:
     start, state = 0, step_lib.init_state(setup, jax.random.key(config.seed))
     if config.get("init_from"):

@@ -1,0 +1,95 @@
+"""What pods do to a run: corrupt checkpoints, resumes that must not repeat or shift anything,
+bad input refused before anything is written."""
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mim_jax import checkpoint as ckpt_lib
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints that cannot be read.
+# --------------------------------------------------------------------------------------------
+def _state(scale):
+  return {"a": jnp.arange(300.0) * scale, "b": {"c": jnp.full((20, 20), scale, jnp.float32)}}
+
+
+def _write_steps(workdir, steps):
+  mngr = ckpt_lib.manager(workdir, asynchronous=False)
+  for s in steps:
+    ckpt_lib.save(mngr, s, _state(float(s)), data={"records": [s * 10], "skipped": [s]})
+  mngr.wait_until_finished()
+  mngr.close()
+  return os.path.join(workdir, "checkpoints")
+
+
+def _array_files(step_dir):
+  return [f for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)]
+
+
+def _truncate(step_dir):
+  for f in _array_files(step_dir):
+    with open(f, "r+b") as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+
+
+def _garble(step_dir):
+  for f in _array_files(step_dir):
+    raw = bytearray(open(f, "rb").read())
+    raw[16::5] = bytes(b ^ 0xFF for b in raw[16::5])
+    open(f, "wb").write(bytes(raw))
+
+
+def _drop_metadata(step_dir):
+  os.remove(os.path.join(step_dir, "state", "_METADATA"))
+  for f in _array_files(step_dir):  # metadata gone and the arrays with it: nothing to read
+    os.remove(f)
+
+
+def _restore(workdir):
+  abstract = jax.eval_shape(lambda: _state(1.0))
+  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+                           abstract)
+  return ckpt_lib.restore_latest(ckpt_lib.manager(workdir, asynchronous=False), abstract,
+                                 shardings)
+
+
+@pytest.mark.parametrize("corrupt", [_truncate, _garble, _drop_metadata])
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt, caplog):
+  root = _write_steps(str(tmp_path), [1, 2, 3])
+  corrupt(os.path.join(root, "3"))
+  with caplog.at_level("WARNING"):
+    step, state, data = _restore(str(tmp_path))
+  assert step == 2
+  np.testing.assert_array_equal(np.asarray(state["a"]), np.arange(300.0) * 2)
+  assert data == {"records": [20], "skipped": [2]}
+  assert sorted(os.listdir(root)) == ["1", "2", "corrupt-3-0"]  # moved aside, not deleted
+  warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+  assert len(warnings) == 1 and "step 3" in warnings[0] and "resumed from step 2" in warnings[0]
+
+
+def test_corrupt_twice_keeps_both_aside_and_saving_goes_on(tmp_path):
+  root = _write_steps(str(tmp_path), [1, 2, 3])
+  _truncate(os.path.join(root, "3"))
+  assert _restore(str(tmp_path))[0] == 2
+  _write_steps(str(tmp_path), [3])  # the run writes step 3 again...
+  _garble(os.path.join(root, "3"))  # ...and it is corrupt again
+  assert _restore(str(tmp_path))[0] == 2
+  assert sorted(os.listdir(root)) == ["1", "2", "corrupt-3-0", "corrupt-3-1"]
+
+
+def test_no_readable_checkpoint_is_one_error_and_moves_nothing(tmp_path):
+  root = _write_steps(str(tmp_path), [1, 2])
+  for s in ("1", "2"):
+    _truncate(os.path.join(root, s))
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"step 2: .*; step 1: .*fresh --workdir"):
+    _restore(str(tmp_path))
+  assert sorted(os.listdir(root)) == ["1", "2"]
+
+
+def test_an_empty_directory_restores_nothing(tmp_path):
+  assert _restore(str(tmp_path)) == (None, None, None)
