@@ -1,12 +1,23 @@
-"""Export of the student ViT (and a classifier's head) to PyTorch formats.
+"""Export of the student ViT (and a classifier's head) to PyTorch formats, without torch.
 
-  export_hf(params, vit, out_dir, head=None)   transformers `ViTModel` (or
-      `ViTForImageClassification` with a CLS-pooling head): config.json, model.safetensors and
-      preprocessor_config.json, written by transformers itself (`save_pretrained`) after a strict
-      `load_state_dict`. `mim_jax.teachers.load(out_dir)` reads it back like a DINO checkpoint.
-  export_timm(params, vit, path, head=None)    a safetensors state dict with timm's
-      `VisionTransformer` names; the keyword arguments that build the matching timm model are
-      returned and stored in the file's metadata ("timm_kwargs", JSON). Needs no timm.
+  export_hf(params, vit, out_dir, head=None, labels=None)   a transformers `ViTModel` (or
+      `ViTForImageClassification` with a CLS-pooling head) directory: config.json,
+      model.safetensors (the names transformers' `save_pretrained` writes) and
+      preprocessor_config.json (the student's evaluation preprocessing). The encoder's pooler is
+      written too, as identity weights with a linear activation, so `AutoModel.from_pretrained`
+      creates no random weight and `pooler_output` is the final-norm CLS token.
+      `mim_jax.teachers.load(out_dir)` reads it back like a DINO checkpoint.
+  export_timm(params, vit, out_dir, head=None, labels=None) timm's folder format: config.json
+      (`architecture`, `model_args`, `pretrained_cfg` with mean, std, crop_pct, interpolation,
+      input_size, num_classes) and model.safetensors with timm's `VisionTransformer` names, so
+      `timm.create_model("local-dir:" + out_dir, pretrained=True)` builds the model with the
+      right data config.
+  python -m mim_jax.export --workdir W [--step N] --format hf|timm --out DIR [--labels ...]
+
+Neither needs torch: configs are plain JSON (transformers' config and image-processor classes
+write theirs, without torch) and weights go through safetensors' numpy writer. Where torch is
+installed (requirements-torch.txt), `self_check` loads the written directory back in transformers
+strictly and compares its features with the student's (the CLI does it unless --no-check).
 
 `params` are the student's parameters (`patch_embed`, `cls`, `block{i}`, `norm`, and
 `pos_embedding` for posemb="learned"), with or without a {"params": ...} wrapper; `vit` is the
@@ -17,9 +28,9 @@
 Key maps, ours -> torch (`o` = out_kernel [H, Dh, D], `qkv` = qkv_kernel [D, 3, H, Dh]):
   patch_embed.kernel [p, p, C, D]  -> conv weight [D, C, p, p] (transpose 3, 2, 0, 1)
   Dense kernel [in, out]           -> linear weight [out, in]
-  qkv[:, t] -> [D, H*Dh]           -> q/k/v weight [H*Dh, D] (HF), or stacked [3*H*Dh, D] (timm,
-                                      rows in (t, head, dh) order, as timm splits them)
-  o -> [H*Dh, D]                   -> o_proj / attn.proj weight [D, H*Dh]
+  qkv[:, t] -> [D, H*Dh]           -> query/key/value weight [H*Dh, D] (HF), or stacked
+                                      [3*H*Dh, D] (timm, rows in (t, head, dh) order)
+  o -> [H*Dh, D]                   -> attention.output.dense / attn.proj weight [D, H*Dh]
   LayerNorm scale, bias            -> weight, bias
 The fixed sin-cos position embedding is not a parameter of ours; it is written as the torch
 models' learned `position_embeddings` / `pos_embed` (CLS row zeros). Our CLS input is cls +
@@ -29,7 +40,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,6 +54,8 @@ Params = Mapping[str, Any]
 STUDENT_MEAN = (0.485, 0.456, 0.406)  # the student's input normalisation (ImageNet)
 STUDENT_STD = (0.229, 0.224, 0.225)
 LN_EPS = 1e-6  # the student's LayerNorm epsilon (layers.Block default, ViT's final norm)
+CROP_PCT = 0.875  # the student's evaluation centre crop (data.preprocess.eval_op's default)
+WEIGHTS_FILE = "model.safetensors"
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,23 +156,31 @@ def _check_head(head: Optional[Params]) -> Optional[str]:
 # --------------------------------------------------------------------------------------------
 # transformers ViTModel / ViTForImageClassification.
 # --------------------------------------------------------------------------------------------
-def hf_config(vit: ViT, num_labels: Optional[int] = None):
-  """The transformers `ViTConfig` of the student (dropouts off, exact GELU, eps 1e-6)."""
+def hf_config(vit: ViT, num_labels: Optional[int] = None,
+              labels: Optional[Sequence[str]] = None):
+  """The transformers `ViTConfig` of the student (dropouts off, exact GELU, eps 1e-6); the
+  encoder's pooler is linear (see `hf_state_dict`). Built without torch."""
   from transformers import ViTConfig  # pylint: disable=import-outside-toplevel
   kwargs = dict(hidden_size=vit.width, num_hidden_layers=vit.depth,
                 num_attention_heads=vit.num_heads, intermediate_size=vit.mlp_dim,
                 hidden_act="gelu", layer_norm_eps=LN_EPS, image_size=vit.image_size,
                 patch_size=vit.patch, num_channels=3, qkv_bias=True, hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0)
+                attention_probs_dropout_prob=0.0, pooler_act="linear",
+                architectures=["ViTModel" if num_labels is None else
+                               "ViTForImageClassification"])
   if num_labels is not None:
-    kwargs["num_labels"] = num_labels
+    names = check_labels(labels, num_labels) or [f"LABEL_{i}" for i in range(num_labels)]
+    kwargs.update(num_labels=num_labels, id2label=dict(enumerate(names)),
+                  label2id={n: i for i, n in enumerate(names)})
   return ViTConfig(**kwargs)
 
 
 def hf_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
                   ) -> dict[str, np.ndarray]:
-  """Names of transformers 5's in-memory `ViTModel` (`layers.{i}.attention.q_proj`, ...);
-  with a head, those of `ViTForImageClassification` (`vit.` prefix, `classifier`)."""
+  """The names transformers' `save_pretrained` writes for `ViTModel` (`encoder.layer.{i}.
+  attention.attention.query`, ...; transformers 5 maps them to its in-memory names on load, older
+  versions use them as they are), plus the pooler as identity; with a head, those of
+  `ViTForImageClassification` (`vit.` prefix, `classifier`, no pooler)."""
   params, head = _unwrap(params), None if head is None else nn.meta.unbox(head)
   check_student(params, vit)
   if vit.layer_scale is not None:
@@ -178,19 +199,23 @@ def hf_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
   }
   sd["layernorm.weight"], sd["layernorm.bias"] = _ln(params["norm"])
   for i in range(vit.depth):
-    b, p = params[f"block{i}"], f"layers.{i}."
+    b, p = params[f"block{i}"], f"encoder.layer.{i}."
     attn = b["attn"]
-    for name, w, bias in zip(("q_proj", "k_proj", "v_proj"), qkv_weights(attn["qkv_kernel"]),
+    for name, w, bias in zip(("query", "key", "value"), qkv_weights(attn["qkv_kernel"]),
                              _np(attn["qkv_bias"]).reshape(3, -1)):
-      sd[f"{p}attention.{name}.weight"], sd[f"{p}attention.{name}.bias"] = w, bias
-    sd[f"{p}attention.o_proj.weight"] = out_weight(attn["out_kernel"])
-    sd[f"{p}attention.o_proj.bias"] = _np(attn["out_bias"])
+      sd[f"{p}attention.attention.{name}.weight"] = w
+      sd[f"{p}attention.attention.{name}.bias"] = bias
+    sd[f"{p}attention.output.dense.weight"] = out_weight(attn["out_kernel"])
+    sd[f"{p}attention.output.dense.bias"] = _np(attn["out_bias"])
     sd[f"{p}layernorm_before.weight"], sd[f"{p}layernorm_before.bias"] = _ln(b["ln1"])
     sd[f"{p}layernorm_after.weight"], sd[f"{p}layernorm_after.bias"] = _ln(b["ln2"])
-    for fc in ("fc1", "fc2"):
-      sd[f"{p}mlp.{fc}.weight"] = linear_weight(b["mlp"][fc]["kernel"])
-      sd[f"{p}mlp.{fc}.bias"] = _np(b["mlp"][fc]["bias"])
+    for fc, where in (("fc1", "intermediate"), ("fc2", "output")):
+      sd[f"{p}{where}.dense.weight"] = linear_weight(b["mlp"][fc]["kernel"])
+      sd[f"{p}{where}.dense.bias"] = _np(b["mlp"][fc]["bias"])
   if pool is None:
+    # pooler_output = pooler_act(dense(final-norm CLS)) = the final-norm CLS token itself.
+    sd["pooler.dense.weight"] = np.eye(vit.width, dtype=np.float32)
+    sd["pooler.dense.bias"] = np.zeros(vit.width, np.float32)
     return sd
   sd = {f"vit.{k}": v for k, v in sd.items()}
   sd["classifier.weight"] = linear_weight(head["head"]["kernel"])
@@ -198,38 +223,57 @@ def hf_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
   return sd
 
 
-def _save_preprocessor(out_dir: str, image_size: int) -> None:
-  """preprocessor_config.json with the student's ImageNet mean/std (transformers' ViT default
-  is 0.5/0.5, which would feed the model wrongly normalised images)."""
-  try:  # The PIL backend needs no torchvision.
-    from transformers import ViTImageProcessorPil as Processor  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    from transformers import ViTImageProcessor as Processor  # pylint: disable=import-outside-toplevel
-  Processor(size={"height": image_size, "width": image_size}, resample=3,  # bicubic
-            image_mean=list(STUDENT_MEAN), image_std=list(STUDENT_STD)).save_pretrained(out_dir)
+def eval_resize(image_size: int, crop_pct: float = CROP_PCT) -> int:
+  """The shorter side before the centre crop of the student's evaluation (`preprocess.eval_op`)."""
+  return int(round(image_size / crop_pct))
 
 
-def export_hf(params: Params, vit_module: ViT, out_dir: str, *, head: Optional[Params] = None
-              ) -> str:
+def _save_preprocessor(out_dir: str, image_size: int, crop_pct: float) -> None:
+  """preprocessor_config.json reproducing the student's evaluation preprocessing: shorter side
+  to image_size / crop_pct (bicubic), centre crop image_size, ImageNet mean/std. (transformers'
+  ViT processor would squash the photo to a square with mean/std 0.5.)"""
+  from transformers import CLIPImageProcessorPil  # pylint: disable=import-outside-toplevel
+  CLIPImageProcessorPil(
+      do_resize=True, size={"shortest_edge": eval_resize(image_size, crop_pct)}, resample=3,  # bicubic
+      do_center_crop=True, crop_size={"height": image_size, "width": image_size},
+      do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+      image_mean=list(STUDENT_MEAN), image_std=list(STUDENT_STD),
+      do_convert_rgb=True).save_pretrained(out_dir)
+
+
+def _save_safetensors(sd: Mapping[str, np.ndarray], path: str) -> None:
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  # safetensors' numpy writer copies raw buffers: transposed views must be made contiguous.
+  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, path,
+            metadata={"format": "pt"})
+
+
+def export_hf(params: Params, vit_module: ViT, out_dir: str, *, head: Optional[Params] = None,
+              labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT) -> str:
   """Writes a transformers checkpoint directory of the student (and CLS head); returns out_dir.
 
-  The torch model is built from `hf_config` (pooler off), loads `hf_state_dict` strictly (every
-  name must match, both ways), and `save_pretrained` writes it. Inputs of the torch model are
-  the student's: ImageNet-normalised pixels, NCHW.
+  Inputs of the torch model are the student's: ImageNet-normalised pixels, NCHW (the written
+  preprocessor makes them from a photo). `labels` name the head's classes (id2label).
   """
-  import torch  # pylint: disable=import-outside-toplevel
-  from transformers import ViTForImageClassification, ViTModel  # pylint: disable=import-outside-toplevel
   sd = hf_state_dict(params, vit_module, head)
-  if head is None:
-    model = ViTModel(hf_config(vit_module), add_pooling_layer=False)
-  else:
-    model = ViTForImageClassification(hf_config(vit_module, _num_labels(head)))
-  model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
-                        strict=True)
+  num_labels = None if head is None else _num_labels(head)
+  config = hf_config(vit_module, num_labels, labels)
   os.makedirs(out_dir, exist_ok=True)
-  model.eval().save_pretrained(out_dir, safe_serialization=True)
-  _save_preprocessor(out_dir, vit_module.image_size)
+  config.save_pretrained(out_dir)
+  _save_safetensors(sd, os.path.join(out_dir, WEIGHTS_FILE))
+  _save_preprocessor(out_dir, vit_module.image_size, crop_pct)
   return out_dir
+
+
+def check_labels(labels: Optional[Sequence[str]], num_labels: int) -> Optional[list[str]]:
+  """`labels` as a list of `num_labels` distinct names (None stays None)."""
+  if labels is None:
+    return None
+  labels = [str(n) for n in labels]
+  if len(labels) != num_labels or len(set(labels)) != len(labels):
+    raise ValueError(f"labels: {len(labels)} names ({len(set(labels))} distinct) for a head of "
+                     f"{num_labels} classes; give one distinct name per class, in class order.")
+  return labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,18 +330,192 @@ def timm_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
   return sd
 
 
-def export_timm(params: Params, vit_module: ViT, path: str, *, head: Optional[Params] = None
-                ) -> dict[str, Any]:
-  """Writes timm's state dict as safetensors at `path`; returns the timm model kwargs.
+# timm model names that exist, by (width, depth, heads, patch, image size). Any other student
+# builds from vit_base_patch16_224 with its own model_args, which override the name's defaults.
+_TIMM_NAMES = {(192, 12, 3, 16, 224): "vit_tiny_patch16_224",
+               (384, 12, 6, 16, 224): "vit_small_patch16_224",
+               (768, 12, 12, 16, 224): "vit_base_patch16_224",
+               (768, 12, 12, 16, 384): "vit_base_patch16_384",
+               (1024, 24, 16, 16, 224): "vit_large_patch16_224",
+               (1280, 32, 16, 14, 224): "vit_huge_patch14_224"}
 
-  Load it with `timm.models.vision_transformer.VisionTransformer(**kwargs)` and
-  `load_state_dict(safetensors.torch.load_file(path), strict=True)`; the kwargs are also in the
-  file's metadata under "timm_kwargs".
+
+def timm_architecture(vit: ViT) -> str:
+  key = (vit.width, vit.depth, vit.num_heads, vit.patch, vit.image_size)
+  return _TIMM_NAMES.get(key, "vit_base_patch16_224")
+
+
+def timm_config(vit: ViT, head: Optional[Params] = None,
+                labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT
+                ) -> dict[str, Any]:
+  """timm's config.json of a local-dir / Hub folder: architecture, model_args and the
+  pretrained_cfg timm's data config reads (the student's evaluation preprocessing)."""
+  kwargs = timm_kwargs(vit, head)
+  num_classes = kwargs["num_classes"]
+  config = {
+      "architecture": timm_architecture(vit),
+      "num_classes": num_classes,
+      "num_features": vit.width,
+      "global_pool": kwargs["global_pool"],
+      "model_args": kwargs,
+      "pretrained_cfg": {
+          "tag": "mim_jax", "custom_load": False,
+          "input_size": [3, vit.image_size, vit.image_size], "fixed_input_size": True,
+          "interpolation": "bicubic", "crop_pct": crop_pct, "crop_mode": "center",
+          "mean": list(STUDENT_MEAN), "std": list(STUDENT_STD), "num_classes": num_classes,
+          "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head",
+      },
+  }
+  names = check_labels(labels, num_classes) if num_classes else None
+  if names:
+    config["label_names"] = names
+  return config
+
+
+def export_timm(params: Params, vit_module: ViT, out_dir: str, *, head: Optional[Params] = None,
+                labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT
+                ) -> dict[str, Any]:
+  """Writes timm's folder (config.json + model.safetensors) at `out_dir`; returns the config.
+
+  `timm.create_model("local-dir:" + out_dir, pretrained=True)` loads it (timm >= 1.0.20), or by
+  hand: `VisionTransformer(**config["model_args"])` + `load_state_dict(load_file(...))`.
   """
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  kwargs = timm_kwargs(vit_module, head)
-  # safetensors' numpy writer copies raw buffers: transposed views must be made contiguous.
-  sd = {k: np.ascontiguousarray(v) for k, v in timm_state_dict(params, vit_module, head).items()}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  save_file(sd, path, metadata={"format": "pt", "timm_kwargs": json.dumps(kwargs)})
-  return kwargs
+  config = timm_config(vit_module, head, labels, crop_pct)
+  sd = timm_state_dict(params, vit_module, head)
+  os.makedirs(out_dir, exist_ok=True)
+  _save_safetensors(sd, os.path.join(out_dir, WEIGHTS_FILE))
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+  return config
+
+
+# --------------------------------------------------------------------------------------------
+# Self-check (needs torch) and the command line.
+# --------------------------------------------------------------------------------------------
+class ExportError(ValueError):
+  """The written export does not load strictly or does not compute the student's features."""
+
+
+def _reference(params: Params, vit: ViT, head: Optional[Params], x: np.ndarray) -> np.ndarray:
+  """The student's final-norm tokens [B, 1 + N, D], or with a CLS head its logits [B, C]."""
+  out, _ = vit.apply({"params": _unwrap(params)}, x, train=False)
+  out = np.asarray(out, np.float64)
+  if head is None:
+    return out
+  head = nn.meta.unbox(head)["head"]
+  return out[:, 0] @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"])
+
+
+def self_check(out_dir: str, params: Params, vit: ViT, head: Optional[Params] = None,
+               atol: float = 1e-4) -> float:
+  """Loads a transformers export back with `AutoModel` (or the classifier) and compares its
+  outputs with the student's on random images; returns the largest difference. Needs torch."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  auto = transformers.AutoModel if head is None else transformers.AutoModelForImageClassification
+  model, info = auto.from_pretrained(out_dir, output_loading_info=True,
+                                     attn_implementation="eager")
+  wrong = {k: v for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+  if wrong:
+    raise ExportError(f"{out_dir} does not load strictly in transformers: {wrong}.")
+  x = np.random.default_rng(0).normal(size=(2, vit.image_size, vit.image_size, 3))
+  x = x.astype(np.float32)
+  with torch.no_grad():
+    out = model.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+  theirs = out.last_hidden_state if head is None else out.logits
+  err = float(np.abs(_reference(params, vit, head, x) - theirs.numpy()).max())
+  if head is None:  # the pooler is the identity on the final-norm CLS token
+    err = max(err, float((out.pooler_output - out.last_hidden_state[:, 0]).abs().max()))
+  if not err <= atol:
+    raise ExportError(f"{out_dir}: transformers' outputs differ from the student's by {err:.2e} "
+                      f"(> {atol:.0e}).")
+  return err
+
+
+def dataset_labels(config_data: Any) -> Optional[list[str]]:
+  """The class names of the run's dataset when its TFDS info has them, else None."""
+  from mim_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  try:
+    feature = input_pipeline.get_builder(config_data.name, config_data.get("data_dir")
+                                         ).info.features["label"]
+    return list(feature.names)
+  except Exception:  # pylint: disable=broad-except  # no dataset here, or no named labels
+    return None
+
+
+def parse_labels(arg: Optional[str]) -> Optional[list[str]]:
+  """--labels: "a,b,c", or "@file" with one name per line."""
+  if not arg:
+    return None
+  if arg.startswith("@"):
+    with open(arg[1:]) as f:
+      return [line.strip() for line in f if line.strip()]
+  return [n.strip() for n in arg.split(",")]
+
+
+def export_workdir(workdir: str, out_dir: str, fmt: str, *, step: Optional[int] = None,
+                   labels: Optional[Sequence[str]] = None, check: bool = True) -> str:
+  """Exports the student (and a classify run's head) of a workdir's checkpoint; returns what it
+  did, in one line."""
+  from mim_jax import init_from  # pylint: disable=import-outside-toplevel
+  from mim_jax.analysis import cli  # pylint: disable=import-outside-toplevel
+  from mim_jax.objectives import common  # pylint: disable=import-outside-toplevel
+  if fmt not in ("hf", "timm"):
+    raise ValueError(f"--format {fmt!r}: use hf (transformers) or timm.")
+  source = init_from.check(workdir if step is None else f"{workdir}:{step}")
+  if source.kind != "workdir":
+    raise ValueError(f"--workdir {workdir!r} is not a run's workdir (no checkpoints/).")
+  config = cli.load_config(workdir)
+  vit = common.make_student(config, drop_path=0.0, dtype=np.float32)
+  params = init_from.read_workdir_state(source.path, source.step)["params"]
+  head = None
+  if config.method == "classify":
+    head = {k: v for k, v in params.items() if k != "student"}
+    labels = labels if labels is not None else dataset_labels(config.data)
+  elif labels is not None:
+    raise ValueError("--labels names a classifier's classes; this run has no head.")
+  student = params["student"]
+  crop_pct = config.data.get("crop_pct", CROP_PCT)
+  if fmt == "hf":
+    export_hf(student, vit, out_dir, head=head, labels=labels, crop_pct=crop_pct)
+  else:
+    export_timm(student, vit, out_dir, head=head, labels=labels, crop_pct=crop_pct)
+  what = f"step {source.step} of {workdir} -> {fmt} export in {out_dir}"
+  if check and fmt == "hf":
+    err = self_check(out_dir, student, vit, head)
+    what += f" (self-check: transformers loads it strictly, max diff {err:.1e})"
+  return what
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  import argparse  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  p = argparse.ArgumentParser(prog="python -m mim_jax.export",
+                              description="Export a run's student to transformers or timm.")
+  p.add_argument("--workdir", required=True, help="A run's directory (checkpoints/, config.json).")
+  p.add_argument("--step", type=int, default=None, help="Checkpoint step; default the latest.")
+  p.add_argument("--format", dest="fmt", choices=("hf", "timm"), required=True)
+  p.add_argument("--out", required=True, help="Output directory.")
+  p.add_argument("--labels", default=None,
+                 help="Class names of a classifier: 'a,b,c' or @file (one per line); default "
+                      "the dataset's names where its TFDS info has them.")
+  p.add_argument("--no-check", dest="check", action="store_false",
+                 help="Skip loading the transformers export back in torch (done when torch is "
+                      "installed).")
+  args = p.parse_args(argv)
+  check = args.check and importlib.util.find_spec("torch") is not None
+  if args.check and not check:
+    print("note: torch is not installed (requirements-torch.txt): the export is written without "
+          "its self-check.")
+  try:
+    print(export_workdir(args.workdir, args.out, args.fmt, step=args.step,
+                         labels=parse_labels(args.labels), check=check))
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}")
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -123,18 +123,22 @@ def check(spec: str) -> Source:
                       f"directory or a state dict ending in {', '.join(TORCH_SUFFIXES)}.")
 
 
-def _read_workdir(source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
-  """(flat student weights {"a/b/c": array}, dropped top-level names) of a workdir checkpoint."""
-  item = epath.Path(_checkpoint_dir(source.path)) / str(source.step) / "state"
+def read_workdir_state(workdir: str, step: int) -> dict[str, Any]:
+  """The saved train state of `workdir` at `step` as host numpy arrays (no mesh needed)."""
+  item = epath.Path(_checkpoint_dir(workdir)) / str(step) / "state"
   handler = ocp.PyTreeCheckpointHandler()
   tree = handler.metadata(item).tree
-  if "student" not in tree.get("params", {}):
-    raise InitFromError(f"init_from {source.describe()}: its params hold no 'student' "
-                        f"(found {sorted(tree.get('params', tree))}).")
-  # Restore on the host as numpy: the source's mesh need not exist here.
   target = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  restored = handler.restore(item, args=ocp.args.PyTreeRestore(restore_args=target))
-  params = restored["params"]
+  return handler.restore(item, args=ocp.args.PyTreeRestore(restore_args=target))
+
+
+def _read_workdir(source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
+  """(flat student weights {"a/b/c": array}, dropped top-level names) of a workdir checkpoint."""
+  restored = read_workdir_state(source.path, source.step)
+  params = restored.get("params", {})
+  if "student" not in params:
+    raise InitFromError(f"init_from {source.describe()}: its params hold no 'student' "
+                        f"(found {sorted(params or restored)}).")
   flat = {"/".join(k): np.asarray(v) for k, v in
           traverse_util.flatten_dict(params["student"]).items()}
   dropped = [f"params/{k}" for k in params if k != "student"] + [

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mim_jax import export
@@ -182,10 +181,12 @@ def test_timm_layout(tmp_path, pool):
   student = params["student"] if pool else params
   vit = model_ours.student if pool else model_ours
   head = classify.head_params(params) if pool else None
-  path = str(tmp_path / "vit.safetensors")
-  kwargs = export.export_timm(student, vit, path, head=head)
-  with safe_open(path, "pt") as f:
-    assert json.loads(f.metadata()["timm_kwargs"]) == kwargs
+  config = export.export_timm(student, vit, str(tmp_path), head=head)
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f) == config
+  kwargs = config["model_args"]
+  path = str(tmp_path / "model.safetensors")
+  assert config["pretrained_cfg"]["num_classes"] == config["num_classes"] == kwargs["num_classes"]
   assert kwargs["global_pool"] == ("avg" if pool == "avg" else "token")
   sd = load_file(path)
   assert ("norm.weight" in sd) == (pool != "avg") and ("fc_norm.weight" in sd) == (pool == "avg")
@@ -212,8 +213,8 @@ def test_timm_parity(tmp_path, pool):
   student = params["student"] if pool else params
   vit = model_ours.student if pool else model_ours
   head = classify.head_params(params) if pool else None
-  path = str(tmp_path / "vit.safetensors")
-  kwargs = export.export_timm(student, vit, path, head=head)
+  kwargs = export.export_timm(student, vit, str(tmp_path), head=head)["model_args"]
+  path = str(tmp_path / "model.safetensors")
   model = VisionTransformer(**kwargs).eval()
   model.load_state_dict(load_file(path), strict=True)
   x = images()
@@ -226,3 +227,117 @@ def test_timm_parity(tmp_path, pool):
   assert max_err(out if kwargs["global_pool"] == "token" else aux["blocks"][-1], feats) < ATOL
   if pool:
     assert max_err(model_ours.apply({"params": params}, x)["logits"], logits) < ATOL
+
+
+# --------------------------------------------------------------------------------------------
+# What a PyTorch user gets: strict loads, no random pooler, the evaluation preprocessing, labels.
+# --------------------------------------------------------------------------------------------
+def test_automodel_loads_everything_and_pooler_is_the_cls_token(tmp_path):
+  vit = tiny_vit()
+  params = init(vit)
+  export.export_hf(params, vit, str(tmp_path))
+  assert export.self_check(str(tmp_path), params, vit) < ATOL  # strict, features equal
+  from transformers import AutoModel  # pylint: disable=import-outside-toplevel
+  a, b = (AutoModel.from_pretrained(str(tmp_path)).eval() for _ in range(2))
+  x = nchw(images())
+  with torch.no_grad():
+    out_a, out_b = a(x), b(x)
+  # Two loads agree (nothing initialised at random), and pooler_output is the final-norm CLS.
+  assert max_err(out_a.pooler_output, out_b.pooler_output) == 0.0
+  assert max_err(out_a.pooler_output.numpy(), out_a.last_hidden_state[:, 0]) < ATOL
+
+
+def test_self_check_catches_a_wrong_export(tmp_path):
+  vit = tiny_vit()
+  params = init(vit)
+  export.export_hf(params, vit, str(tmp_path))
+  with pytest.raises(export.ExportError, match="differ"):
+    export.self_check(str(tmp_path), init(vit, seed=5), vit)
+
+
+def smooth_photo(h=45, w=80, seed=0):
+  """A non-square uint8 photo-like image: a few low-frequency waves per channel."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+  img = np.stack([sum(np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + rng.uniform(0.5, 2) * yy)
+                              + rng.uniform(0, 6)) for _ in range(3)) for _ in range(3)], -1)
+  return np.uint8(np.clip(127.5 + 40 * img, 0, 255))
+
+
+def test_preprocessor_reproduces_the_evaluation_crop(tmp_path):
+  """transformers' processor on a non-square photo gives (nearly) the pixels of mim_jax's own
+  evaluation op: shorter side to size / crop_pct, bicubic, centre crop, ImageNet mean/std."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from transformers import AutoImageProcessor  # pylint: disable=import-outside-toplevel
+  from mim_jax.data import preprocess  # pylint: disable=import-outside-toplevel
+  vit = tiny_vit()
+  export.export_hf(init(vit), vit, str(tmp_path))
+  photo = smooth_photo()
+  theirs = AutoImageProcessor.from_pretrained(str(tmp_path))(
+      Image.fromarray(photo), return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+  ours = np.asarray(preprocess.eval_op(SIZE, crop_pct=export.CROP_PCT)(photo))
+  assert theirs.shape == ours.shape == (SIZE, SIZE, 3)
+  # A squashed (uncropped) resize of this 45x80 photo is far off; the crop agrees to resampling.
+  assert np.abs(theirs - ours).mean() < 0.05, np.abs(theirs - ours).mean()
+
+
+def test_labels_are_written_and_checked(tmp_path):
+  model_ours = classifier("cls")
+  params = init(model_ours)
+  names = ["zero", "one", "two", "three", "four"]
+  export.export_hf(params["student"], model_ours.student, str(tmp_path / "hf"),
+                   head=classify.head_params(params), labels=names)
+  with open(tmp_path / "hf" / "config.json") as f:
+    assert json.load(f)["id2label"] == {str(i): n for i, n in enumerate(names)}
+  config = export.export_timm(params["student"], model_ours.student, str(tmp_path / "timm"),
+                              head=classify.head_params(params), labels=names)
+  assert config["label_names"] == names
+  with pytest.raises(ValueError, match="one distinct name per class"):
+    export.export_hf(params["student"], model_ours.student, str(tmp_path / "bad"),
+                     head=classify.head_params(params), labels=names[:3])
+  assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_timm_folder_names_a_timm_model_and_its_data_config(tmp_path):
+  config = export.export_timm(init(tiny_vit()), tiny_vit(), str(tmp_path))
+  assert config["architecture"] == "vit_base_patch16_224"  # model_args override its sizes
+  assert config["model_args"]["embed_dim"] == 32 and config["model_args"]["num_classes"] == 0
+  cfg = config["pretrained_cfg"]
+  assert (cfg["mean"], cfg["std"]) == (list(export.STUDENT_MEAN), list(export.STUDENT_STD))
+  assert (cfg["crop_pct"], cfg["interpolation"], cfg["input_size"]) == (0.875, "bicubic",
+                                                                        [3, SIZE, SIZE])
+  vit_b = ViT.from_variant("B/16")
+  assert export.timm_architecture(vit_b) == "vit_base_patch16_224"
+  assert export.timm_architecture(ViT.from_variant("L/16")) == "vit_large_patch16_224"
+
+
+@pytest.mark.slow
+def test_cli_exports_a_classify_run(tmp_path, capsys):
+  """`python -m mim_jax.export` on a 2-step digits classifier: both formats, the dataset's label
+  names, the self-check; a bad workdir is one `error:` line."""
+  from configs import classify_digits  # pylint: disable=import-outside-toplevel
+  from mim_jax import train  # pylint: disable=import-outside-toplevel
+  config = classify_digits.get_config("runlocal=True")
+  config.total_steps = 2
+  workdir = str(tmp_path / "run")
+  result = train.train_and_evaluate(config, workdir)
+  assert export.main(["--workdir", workdir, "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+  assert "self-check" in capsys.readouterr().out
+  with open(tmp_path / "hf" / "config.json") as f:
+    assert json.load(f)["id2label"]["3"] == "3"  # the digits' ClassLabel names
+  assert export.main(["--workdir", workdir, "--format", "timm", "--out", str(tmp_path / "timm"),
+                      "--labels", ",".join("abcdefghij")]) == 0
+  with open(tmp_path / "timm" / "config.json") as f:
+    assert json.load(f)["label_names"] == list("abcdefghij")
+  # The exported classifier computes the run's logits.
+  from transformers import ViTForImageClassification  # pylint: disable=import-outside-toplevel
+  model = ViTForImageClassification.from_pretrained(str(tmp_path / "hf")).eval()
+  x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  ours = result.setup.model.apply({"params": jax.device_get(result.state.params)}, x)["logits"]
+  with torch.no_grad():
+    assert max_err(ours, model(nchw(x)).logits) < ATOL
+  capsys.readouterr()
+  assert export.main(["--workdir", str(tmp_path / "nope"), "--format", "hf",
+                      "--out", str(tmp_path / "x")]) == 1
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == 1 and out[0].startswith("error:") and not (tmp_path / "x").exists()
