@@ -36,7 +36,8 @@ def perturb(params, seed=0, scale=0.3):
 
 
 def init(module, seed=0):
-  images = jnp.zeros((1, SIZE, SIZE, 3))
+  size = getattr(module, "image_size", SIZE)
+  images = jnp.zeros((1, size, size, 3))
   params = module.init({"params": jax.random.key(seed), "dropout": jax.random.key(seed)},
                        images)["params"]
   return perturb(nn.meta.unbox(params), seed)
@@ -341,3 +342,31 @@ def test_cli_exports_a_classify_run(tmp_path, capsys):
                       "--out", str(tmp_path / "x")]) == 1
   out = capsys.readouterr().out.strip().splitlines()
   assert len(out) == 1 and out[0].startswith("error:") and not (tmp_path / "x").exists()
+
+
+def test_pytorch_user_gets_mim_jax_features_through_their_own_preprocessing(tmp_path):
+  """tests/torch_consumer.py, run in a fresh interpreter that cannot import mim_jax, loads the
+  exports with transformers' pipeline (and timm where installed) and gets mim_jax's evaluation
+  features of a non-square photo within 2%."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from mim_jax.data import preprocess  # pylint: disable=import-outside-toplevel
+  size = 32
+  vit = ViT(patch=PATCH, width=32, depth=2, num_heads=2, mlp_dim=64, image_size=size)
+  params = init(vit)
+  export.export_hf(params, vit, str(tmp_path / "hf"))
+  export.export_timm(params, vit, str(tmp_path / "timm"))
+  photo = smooth_photo(90, 160)
+  Image.fromarray(photo).save(tmp_path / "photo.png")
+  tokens, _ = vit.apply({"params": params}, np.asarray(preprocess.eval_op(size)(photo))[None])
+  np.save(tmp_path / "expect.npy", np.asarray(tokens[0]))
+  script = os.path.join(os.path.dirname(__file__), "torch_consumer.py")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  run = subprocess.run([sys.executable, script, "--image", "photo.png", "--expect", "expect.npy",
+                        "--hf", "hf", "--timm", "timm"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stdout + run.stderr
+  print(run.stdout)
+  assert "transformers pipeline: CLS" in run.stdout
