@@ -29,7 +29,7 @@ def get_config(arg=None):
   c.objective.mimic_weight, c.objective.recon_weight = 0.5, 0.5
   c.objective.target_layer, c.objective.target_norm = "last", "ln"
   c.objective.mimic_cls = False
-  c.objective.fusion_layers = (3, 7, 11)
+  c.objective.num_fusion = 3
   c.objective.norm_pix = True
   c.objective.global_norm = "global_rgb"
   c.objective.decoder.width, c.objective.decoder.depth = 512, 8
@@ -37,10 +37,9 @@ def get_config(arg=None):
   c.batch_size = 1024
   c.total_epochs = 200.0
   c.warmup_percent = 0.2
-  c.optim.base_lr, c.optim.min_lr = 1.5e-4, 0.0
+  c.optim.base_lr, c.optim.min_lr = 1.5e-4 * 256 / 1024, 0.0  # peak 1.5e-4 at batch 1024
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.95, 0.05
   c.data.crop_scale = (0.2, 1.0)
   if arg.runlocal:
     common.shrink_for_local(c)
-    c.objective.fusion_layers = (0, 1)  # the nano student has 2 blocks
   return c

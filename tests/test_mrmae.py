@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from mim_jax import masking, optim, sharding, step
@@ -76,13 +77,25 @@ def test_grid_mismatch_is_refused():
                   masks, {"image": jnp.zeros((1, 8, 8, 3))}, config)
 
 
-def test_fusion_sums_chosen_blocks_then_normalises(make_teacher):
-  blocks = tuple(jnp.full((1, 2, 3), float(i + 1)) for i in range(4))
-  np.testing.assert_allclose(mrmae.fuse(blocks, (0, 2, 3)), np.full((1, 2, 3), 8.0))
-  assert mrmae.fusion_indices((-1, 0, 3), 4) == (0, 3)
+def test_fusion_layers_derived_from_depth():
+  def obj(**kw):
+    return ml_collections.ConfigDict(dict(dict(num_fusion=3, fusion_layers=None), **kw))
+  assert mrmae.fusion_indices(obj(), 12) == (3, 7, 11)
+  assert mrmae.fusion_indices(obj(), 24) == (7, 15, 23)
+  assert mrmae.fusion_indices(obj(), 32) == (9, 20, 31)
+  assert mrmae.fusion_indices(obj(), 2) == (0, 1)
+  assert mrmae.fusion_indices(obj(num_fusion=1), 12) == ()  # the last block alone: no fusion
+  assert mrmae.fusion_indices(obj(fusion_layers=(-1, 0, 3)), 4) == (0, 3)
+  assert mrmae.fusion_indices(obj(fusion_layers=()), 4) == ()
   with pytest.raises(ValueError, match="outside the student's 4 blocks"):
-    mrmae.fusion_indices((4,), 4)
+    mrmae.fusion_indices(obj(fusion_layers=(4,)), 4)
+  with pytest.raises(ValueError, match="leave out the last block"):
+    mrmae.fusion_indices(obj(fusion_layers=(3, 7, 11)), 24)
+  with pytest.raises(ValueError, match="num_fusion must be >= 1"):
+    mrmae.fusion_indices(obj(num_fusion=0), 12)
 
+
+def test_fusion_sums_chosen_blocks_then_applies_the_final_norm(make_teacher):
   config = mrmae_config(fusion_layers=(0, 1))
   config.objective.decoder.update(width=16, depth=1, heads=2, mlp_dim=32)
   teacher = make_teacher(width=12, grid=2)
@@ -91,6 +104,7 @@ def test_fusion_sums_chosen_blocks_then_normalises(make_teacher):
   images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
   # Random params of the model's shapes: no init to compile (slow for RNG code on CPU).
   shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(2), images, masks))["params"]
+  assert "fusion_norm" not in shapes  # the student's own final norm normalises the sum
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
 
@@ -103,11 +117,43 @@ def test_fusion_sums_chosen_blocks_then_normalises(make_teacher):
   out, aux = forward(params)
   assert out["mimic"].shape == (2, 3, 12) and out["pred"].shape == (2, 4, 48)
   x = np.asarray(aux["blocks"][0] + aux["blocks"][1], np.float64)
-  ln = params["fusion_norm"]
+  ln = params["student"]["norm"]
   fused = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
   fused = fused * ln["scale"] + ln["bias"]
   head = params["mimic_head"]
   np.testing.assert_allclose(out["mimic"], fused @ head["kernel"] + head["bias"], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["L/16", "H/14"])
+def test_deep_variants_train_every_block_and_the_final_norm(variant):
+  """The shipped config at L/16 and H/14 (narrowed to width 16 on a 2x2 grid to run in seconds,
+  depth kept): every student block and the final norm get a non-zero gradient of the loss."""
+  from configs import mrmae_b16_clip_b16  # pylint: disable=import-outside-toplevel
+  config = mrmae_b16_clip_b16.get_config(f"variant={variant}")
+  patch = int(variant.split("/")[1])
+  config.data.image_size = 2 * patch
+  config.objective.decoder.update(width=16, depth=1, heads=2, mlp_dim=32)
+  teacher = types.SimpleNamespace(width=8, depth=2)
+  model = mrmae.make_model(config, teacher)
+  depth = model.student.depth
+  assert depth == {"L": 24, "H": 32}[variant[0]] and model.fusion_layers[-1] == depth - 1
+  model = model.clone(student=model.student.clone(width=16, num_heads=2, mlp_dim=32))
+  masks = masking.random_masks(jax.random.key(0), 2, 4, 0.5)
+  images = jax.random.normal(jax.random.key(1), (2, 2 * patch, 2 * patch, 3))
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(2), images, masks))["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+  teacher_out = {"hidden_states": (jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32),),
+                 "final": jnp.zeros((2, 5, 8))}
+
+  def loss(p):
+    out = model.apply({"params": p}, images, masks)
+    return mrmae.loss_fn(out, teacher_out, masks, {"image": images}, config)[0]
+
+  grads = jax.grad(loss)(params)["student"]  # eager: compiling 32 blocks costs more
+  norms = {name: float(optax.global_norm(g)) for name, g in grads.items()}
+  names = [f"block{i}" for i in range(depth)] + ["norm"]
+  assert not [n for n in names if norms[n] == 0.0], norms
 
 
 def test_make_model_needs_a_teacher():
@@ -116,7 +162,7 @@ def test_make_model_needs_a_teacher():
 
 
 def test_short_focused_run_lowers_the_loss_and_compiles_once(make_teacher):
-  config = mrmae_config(fusion_layers=(0, 1))
+  config = mrmae_config()  # 3 fused blocks of 2: (0, 1)
   config.data.image_size = 16
   config.mask.kind, config.mask.ratio = "focused", 0.75
   config.objective.decoder.update(width=32, depth=1, heads=2, mlp_dim=64)

@@ -123,7 +123,10 @@ def test_mrmae_config():
   c = load("mrmae_b16_clip_b16.py")
   assert c.method == "mrmae" and c.teacher.spec == "clip_b16" and c.mask.kind == "focused"
   assert (c.objective.mimic_weight, c.objective.recon_weight) == (0.5, 0.5)
-  assert tuple(c.objective.fusion_layers) == (3, 7, 11)
+  assert c.objective.num_fusion == 3 and c.objective.fusion_layers is None
+  assert c.optim.base_lr * c.batch_size / 256 == pytest.approx(1.5e-4)  # the paper's max lr
+  model = mrmae.make_model(c, types.SimpleNamespace(width=24, depth=2))
+  assert model.fusion_layers == (3, 7, 11)
   local = load("mrmae_b16_clip_b16.py", "runlocal=True")
   model = mrmae.make_model(local, types.SimpleNamespace(width=24, depth=2))
   assert model.fusion_layers == (0, 1) and model.teacher_width == 24

@@ -206,7 +206,7 @@ class ViT(nn.Module):
   def __call__(self, images: jax.Array, ids_keep: Optional[jax.Array] = None, *,
                mask: Optional[jax.Array] = None, mid_mask: Optional[jax.Array] = None,
                mid_ids: Optional[jax.Array] = None, mid_depth: int = 8, train: bool = False,
-               attn_layers: Sequence[int] = ()):
+               attn_layers: Sequence[int] = (), fuse: Sequence[int] = ()):
     """Student forward.
 
     Args:
@@ -229,6 +229,10 @@ class ViT(nn.Module):
       train: enables drop path (rng stream "dropout").
       attn_layers: blocks whose attention probabilities go to `aux["attn"]` (negative = from
         the end).
+      fuse: block indices (0-based, sorted, static) whose residual streams are summed before
+        the final norm (MR-MAE's multi-layer fusion): `out = norm(sum of those blocks)`, so the
+        final norm, which evaluation and export apply to the last block, is trained; () = the
+        last block alone.
     Returns:
       (out [B, L, D], aux) with L = 1 + n (+ m); see the module docstring.
     """
@@ -259,11 +263,12 @@ class ViT(nn.Module):
       mid_fn = functools.partial(insert_mid_tokens, token=self._token("mid_mask_token"),
                                  patch_pos=pos[1:], mid_mask=mid_mask, mid_ids=mid_ids)
     return self.encode(x, train=train, attn_layers=attn_layers, positions=ids_keep,
-                       mid_depth=mid_depth, mid_fn=mid_fn)
+                       mid_depth=mid_depth, mid_fn=mid_fn, fuse=fuse)
 
   def encode(self, x: jax.Array, *, train: bool, attn_layers: Sequence[int] = (),
              bias: Optional[jax.Array] = None, positions: Optional[jax.Array] = None,
-             mid_depth: Optional[int] = None, mid_fn: Optional[Callable] = None):
+             mid_depth: Optional[int] = None, mid_fn: Optional[Callable] = None,
+             fuse: Sequence[int] = ()):
     """Runs the blocks and the final norm on a token sequence [B, L, D] = [CLS, patches].
 
     Args:
@@ -271,6 +276,7 @@ class ViT(nn.Module):
       positions: int [B, L - 1] patch index of each patch token, None = all N in order; read
         only by the relative position bias.
       mid_depth, mid_fn: before block `mid_depth`, `(x, positions) = mid_fn(x, positions)`.
+      fuse: blocks summed before the final norm (see `__call__`); () = the last block.
     """
     blocks, attn = [], {}
     wanted = {i % self.depth for i in attn_layers}
@@ -295,6 +301,8 @@ class ViT(nn.Module):
       blocks.append(x)
       if i in wanted:
         attn[i] = probs
+    if fuse:
+      x = sum(blocks[i] for i in fuse)
     out = layers.LayerNorm(1e-6, name="norm")(x)
     return out, {"blocks": tuple(blocks), "attn": attn}
 

@@ -25,13 +25,17 @@ Switches from the paper's bag of tricks:
                      the stochastic, MILAN-like alternative. The other reading, random visible
                      tokens with the mimic loss on their top-k only, is not offered: the step
                      asks the teacher for attention only when the masking needs it.)
-  multi-layer fusion `objective.fusion_layers = (i, j, ...)`: E = LayerNorm(sum of the residual
-                     streams after encoder blocks i, j, ...) replaces the encoder's output for
-                     BOTH heads ("utilize the fused ones for high-level feature mimicking and
-                     low-level pixel reconstruction"); the sum runs over all tokens incl. CLS.
-                     The LayerNorm is the fusion's own (eps 1e-6): the residual streams are
-                     pre-norm, and their sum needs one norm as the single last block's output
-                     gets the encoder's. Empty tuple: off (E = the encoder's normed output).
+  multi-layer fusion E = the student's final LayerNorm of (the sum of the residual streams after
+                     the fused blocks) replaces the encoder's output for BOTH heads ("utilize the
+                     fused ones for high-level feature mimicking and low-level pixel
+                     reconstruction"); the sum runs over all tokens incl. CLS. The fused blocks
+                     are not given by the paper (no public code): `objective.num_fusion` = 3
+                     blocks evenly spaced over the depth and ending at the last one (blocks
+                     4, 8, 12 of B; 8, 16, 24 of L; 10, 21, 32 of H), or the explicit
+                     `objective.fusion_layers`. The fused set must contain the last block (later
+                     blocks would get no gradient), and the student's own final norm normalises
+                     the sum, so every block and that norm, which kNN and export apply, are
+                     trained. num_fusion = 1 or fusion_layers = () is plain MR-MAE.
 """
 from __future__ import annotations
 
@@ -52,11 +56,6 @@ F32 = jnp.float32
 TARGET_LAYERS = ("last", "final")
 
 
-def fuse(blocks: Sequence[jax.Array], fusion_layers: Sequence[int]) -> jax.Array:
-  """Element-wise sum of the chosen blocks' outputs, each [B, L, D] -> [B, L, D]."""
-  return sum(blocks[i] for i in fusion_layers)
-
-
 class MRMAEModel(nn.Module):
   """Student + mimic head + pixel decoder.
 
@@ -70,25 +69,36 @@ class MRMAEModel(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, masks: Any, *, train: bool = False) -> dict:
-    latent, aux = self.student(images, masks.ids_keep, train=train)
-    if self.fusion_layers:
-      latent = layers.LayerNorm(1e-6, name="fusion_norm")(
-          fuse(aux["blocks"], self.fusion_layers))
+    latent, _ = self.student(images, masks.ids_keep, train=train, fuse=self.fusion_layers)
     mimic = layers.Dense(self.teacher_width, dtype=self.student.dtype,
                          kernel_axes=("embed", "mlp"), name="mimic_head")(latent)
     return {"mimic": mimic, "pred": self.decoder(latent, masks.ids_restore, train=train)}
 
 
-def fusion_indices(layers_: Sequence[int], depth: int) -> tuple[int, ...]:
-  """Block indices in [0, depth) (negative ones count from the end), checked and deduplicated."""
-  out = []
-  for i in layers_:
+def spaced_layers(num: int, depth: int) -> tuple[int, ...]:
+  """`num` block indices evenly spaced over `depth` blocks, the last one included:
+  (3, 7, 11) for 3 of 12, (7, 15, 23) of 24, (9, 20, 31) of 32, (0, 1) of 2."""
+  if num < 1:
+    raise ValueError(f"num_fusion must be >= 1 (1 = the last block only, no fusion), got {num}.")
+  return tuple(sorted({max(depth * (i + 1) // num - 1, 0) for i in range(num)}))
+
+
+def fusion_indices(obj: ml_collections.ConfigDict, depth: int) -> tuple[int, ...]:
+  """The fused blocks in [0, depth): `obj.fusion_layers` (negative ones count from the end)
+  when set, else `spaced_layers(obj.num_fusion, depth)`; () when that is the last block alone
+  (the plain encoder output)."""
+  chosen = (spaced_layers(obj.num_fusion, depth) if obj.fusion_layers is None
+            else obj.fusion_layers)
+  out = set()
+  for i in chosen:
     if not -depth <= int(i) < depth:
       raise ValueError(f"fusion layer {i} is outside the student's {depth} blocks.")
-    j = int(i) % depth
-    if j not in out:
-      out.append(j)
-  return tuple(sorted(out))
+    out.add(int(i) % depth)
+  if out and depth - 1 not in out:
+    raise ValueError(f"fusion_layers {tuple(chosen)} leave out the last block ({depth - 1}): "
+                     f"blocks after {max(out)} would get no gradient; add -1 or set "
+                     "fusion_layers=None to derive them from num_fusion.")
+  return () if out == {depth - 1} else tuple(sorted(out))
 
 
 def make_model(config: ml_collections.ConfigDict, teacher: Any) -> MRMAEModel:
@@ -101,7 +111,7 @@ def make_model(config: ml_collections.ConfigDict, teacher: Any) -> MRMAEModel:
   student = common.make_student(config)
   return MRMAEModel(student=student, decoder=mae.make_decoder(config, student),
                     teacher_width=teacher.width,
-                    fusion_layers=fusion_indices(obj.fusion_layers, student.depth))
+                    fusion_layers=fusion_indices(obj, student.depth))
 
 
 def mimic_targets(teacher_out: dict, ids_keep: jax.Array, target_layer: str, norm: str
@@ -143,5 +153,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.target_layer = "last"  # "last": hidden_states[-1] (pre final norm) | "final": after it
   c.target_norm = "ln"     # "ln" | "none" (the paper does not say; LN as MaskAlign/FD do)
   c.mimic_cls = False      # the paper mimics the visible patch tokens only
-  c.fusion_layers = ()     # encoder block indices whose outputs are summed; () = off
+  c.num_fusion = 3         # fused blocks, evenly spaced ending at the last; 1 = no fusion
+  # explicit block indices (overrides num_fusion); () = no fusion
+  c.fusion_layers = ml_collections.FieldReference(None, field_type=tuple)
   return c
