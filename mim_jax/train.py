@@ -198,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   data = input_pipeline.make_pretrain_iterator(
       config.data, global_batch_size=config.batch_size, mesh=mesh, seed=config.seed,
       start_step=start, mask_fn=mask_fn(config, student.grid))
-  writer = metrics_lib.Writer(workdir)
+  writer = metrics_lib.Writer(workdir, start)
   progress = metrics_lib.Progress(total_steps, config.batch_size, start)
   train_step = None
   last: dict[str, float] = {}
@@ -222,20 +222,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
         if log_now or ckpt_now:  # metrics leave the device only here
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
           _check_finite(done, scalars, mngr)
+        evals = {}
+        if config_lib.should_run(done, config.eval.get("every"), total_steps):
+          encoder = features.encoder_fn(student, pool=config.eval.get("pool", "cls"))
+          evals["knn/top1"] = knn_eval(config, mesh, encoder, state.params["student"])
+          logging.info("step %d kNN top-1 %.4f", done, evals["knn/top1"])
         if log_now:
           scalars.update(progress.update(done), **{"data/skipped_images": data.num_skipped()})
           if progress.compile_s is not None:
             scalars["perf/compile_s"] = progress.compile_s
-          writer.write(done, scalars)
           metrics_lib.log_line(done, total_steps, scalars)
-          last = scalars
+          last = scalars = {**scalars, **evals}
+        if log_now or evals:  # one record per step
+          writer.write(done, scalars if log_now else evals)
         if ckpt_now:
           ckpt_lib.save(mngr, done, state)
-        if config_lib.should_run(done, config.eval.get("every"), total_steps):
-          encoder = features.encoder_fn(student, pool=config.eval.get("pool", "cls"))
-          top1 = knn_eval(config, mesh, encoder, state.params["student"])
-          writer.write(done, {"knn/top1": top1})
-          logging.info("step %d kNN top-1 %.4f", done, top1)
         if stopping:
           logging.warning("Stopped at step %d; the same command resumes from it.", done)
           break

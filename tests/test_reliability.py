@@ -2,6 +2,7 @@
 bad input refused before anything is written."""
 import glob
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +94,43 @@ def test_no_readable_checkpoint_is_one_error_and_moves_nothing(tmp_path):
 
 def test_an_empty_directory_restores_nothing(tmp_path):
   assert _restore(str(tmp_path)) == (None, None, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics exactly once per step across resumes.
+# --------------------------------------------------------------------------------------------
+def _tb_steps(workdir, tag="loss"):
+  from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+  acc = pea.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+  acc.Reload()
+  return [e.step for e in acc.Tensors(tag)]
+
+
+def test_resumed_writer_drops_records_after_the_restored_step(tmp_path):
+  from mim_jax import metrics
+  w = metrics.Writer(str(tmp_path))
+  for s in range(1, 7):
+    w.write(s, {"loss": float(s)})
+  w.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 7, "lo')  # killed mid-line
+  time.sleep(2.1)  # a restart takes seconds; TensorBoard orders files by their time stamp
+  w = metrics.Writer(str(tmp_path), start_step=4)  # resumed from the checkpoint of step 4
+  for s in range(5, 9):
+    w.write(s, {"loss": 10.0 * s})
+  w.close()
+  import json
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == list(range(1, 9))
+  assert [r["loss"] for r in rows] == [1, 2, 3, 4, 50, 60, 70, 80]
+  # TensorBoard: the restart marker purges the first run's steps 5 and 6.
+  assert _tb_steps(tmp_path) == list(range(1, 9))
+
+
+def test_writer_of_a_fresh_run_keeps_a_clean_file(tmp_path):
+  from mim_jax import metrics
+  w = metrics.Writer(str(tmp_path), start_step=0)
+  w.write(1, {"loss": 1.0})
+  w.close()
+  assert not [f for f in os.listdir(tmp_path) if "restart" in f]
+  assert metrics.truncate_jsonl(__import__("etils").epath.Path(tmp_path) / "metrics.jsonl", 1) == 0
