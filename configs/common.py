@@ -17,7 +17,11 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.precision = "float32"  # matmul inputs: "float32" | "bfloat16" (parameters stay float32)
 
-  c.student = ml_collections.ConfigDict(dict(variant="B/16", drop_path=0.1, posemb="sincos"))
+  # The student's options (mim_jax/models/vit.py): MAE's by default; MaskDistill / FD set BEiT's
+  # (rel_pos "shared", layer_scale, weight_init "beit"), their fine-tuning rel_pos "per_layer".
+  c.student = ml_collections.ConfigDict(dict(variant="B/16", drop_path=0.1, posemb="sincos",
+                                             rel_pos="none", weight_init="mae"))
+  c.student.layer_scale = ml_collections.FieldReference(None, field_type=float)
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
   # None for methods without a teacher.
   # resize_to_student: a teacher whose token grid differs from the student's runs on resized

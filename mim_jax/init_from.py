@@ -33,6 +33,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from mim_jax.models import vit as vit_lib
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers import resize
 from mim_jax.teachers import vit as hf_vit
@@ -254,12 +255,7 @@ def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vi
     put(f"{b}ls1", f"{p}ls1.gamma")
     put(f"{b}ls2", f"{p}ls2.gamma")
     put(f"rel_pos_bias_{i}/table", f"{p}attn.relative_position_bias_table")
-  shared = "rel_pos_bias.relative_position_bias_table"
-  if "rel_pos_bias/table" in template:
-    put("rel_pos_bias/table", shared)
-  elif shared in w and "rel_pos_bias_0/table" in template:
-    for i in range(vit.depth):  # unshared per block, as BEiT starts fine-tuning
-      out.setdefault(f"rel_pos_bias_{i}/table", take(shared))
+  put("rel_pos_bias/table", "rel_pos_bias.relative_position_bias_table")
   if "pos_embed" in w:
     pos = take("pos_embed")[0]
     if "pos_embedding" in template:
@@ -284,15 +280,28 @@ def read(source: Source, student: Mapping[str, Any], vit: Any
          ) -> tuple[dict[str, np.ndarray], list[str]]:
   """(flat student weights, names of what the source holds besides them)."""
   if source.kind == "workdir":
-    return _read_workdir(source)
-  if source.kind == "transformers":
+    weights, dropped = _read_workdir(source)
+  elif source.kind == "transformers":
     w = canonical_transformers(io.read_weights(source.path))
+    weights, dropped = _timm_to_student(w, student, vit, source)
   elif source.kind == "torch":
     w = _read_torch_file(source.path)
     w = canonical_beit(w) if _is_beit(w) else w
+    weights, dropped = _timm_to_student(w, student, vit, source)
   else:
     raise InitFromError(f"init_from: unknown source kind {source.kind!r}.")
-  return _timm_to_student(w, student, vit, source)
+  return _unshare(weights, student, vit.depth), dropped
+
+
+def _unshare(weights: dict[str, np.ndarray], student: Mapping[str, Any], depth: int
+             ) -> dict[str, np.ndarray]:
+  """A shared relative position bias table copied to every block's table when the student has
+  one per block (`models.vit.unshare_relative_position_bias`); otherwise `weights` as given."""
+  if "rel_pos_bias/table" not in weights or "rel_pos_bias_0" not in student:
+    return weights
+  tree = vit_lib.unshare_relative_position_bias(
+      traverse_util.unflatten_dict(weights, sep="/"), depth)
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def _fit(name: str, value: np.ndarray, shape: tuple[int, ...], source: Source) -> np.ndarray:
@@ -334,6 +343,19 @@ def merge(student: Mapping[str, Any], weights: Mapping[str, np.ndarray], source:
   return traverse_util.unflatten_dict(out, sep="/"), unused
 
 
+def summarize(names: list[str], most: int = 3) -> list[str]:
+  """Names for a log line: a top-level module with more than `most` tensors (a teacher, a
+  decoder) as one "prefix.* (n tensors)", the rest as they are."""
+  groups: dict[str, list[str]] = {}
+  for name in names:
+    groups.setdefault(re.split(r"[./]", name, maxsplit=1)[0], []).append(name)
+  out = []
+  for prefix, members in groups.items():
+    sep = members[0][len(prefix):len(prefix) + 1]
+    out += ([f"{prefix}{sep}* ({len(members)} tensors)"] if len(members) > most else members)
+  return out
+
+
 def load_student(spec: str, student: Mapping[str, Any], vit: Any) -> dict[str, Any]:
   """The student parameters (host numpy, same tree as `student`) of the ViT module `vit`,
   initialised from `spec`."""
@@ -343,5 +365,6 @@ def load_student(spec: str, student: Mapping[str, Any], vit: Any) -> dict[str, A
   logging.info("init_from: loaded %d student tensors from %s", len(weights) - len(unused),
                source.describe())
   if unused or dropped:
-    logging.info("init_from: dropped (not part of the student): %s", ", ".join(dropped + unused))
+    logging.info("init_from: dropped (not part of the student): %s",
+                 ", ".join(summarize(dropped + unused)))
   return tree

@@ -221,3 +221,115 @@ def test_transformers_vit_mae_features_equal(tmp_path):
   with torch.no_grad():  # noise in increasing order keeps the patches in place
     want = model.vit(pixel_values=nchw(x), noise=torch.arange(16.0).expand(2, 16)).last_hidden_state
   assert max_err(features(vit, load(str(tmp_path), vit), x), want) < ATOL
+
+
+def random_beit(shared, seed=0):
+  """A transformers BeitModel (BEiT's student: no absolute embedding, relative position bias
+  shared or per block, layer scale), every weight perturbed so that none is at its init."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(seed)
+  cfg = transformers.BeitConfig(
+      hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+      image_size=16, patch_size=4, use_absolute_position_embeddings=False,
+      use_relative_position_bias=not shared, use_shared_relative_position_bias=shared,
+      layer_scale_init_value=0.1, use_mean_pooling=False, layer_norm_eps=1e-6)
+  model = transformers.BeitModel(cfg, add_pooling_layer=False).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(torch.randn_like(p) * 0.1)
+  return model
+
+
+def beit_features(model, x):
+  with torch.no_grad():
+    return model(pixel_values=nchw(x)).last_hidden_state
+
+
+def beit_release_sd(model):
+  """The BEiT repository's names for a transformers BeitModel's weights (q/v biases, fused qkv
+  weight, gamma_1/2, rel_pos_bias), plus the pretraining parts a released .pth carries."""
+  w = {k: v.clone() for k, v in model.state_dict().items()}
+  sd = {"cls_token": w.pop("embeddings.cls_token"),
+        "mask_token": torch.zeros(1, 1, 32), "lm_head.weight": torch.ones(8, 32),
+        "norm.weight": w.pop("layernorm.weight"), "norm.bias": w.pop("layernorm.bias")}
+  for kind in ("weight", "bias"):
+    sd[f"patch_embed.proj.{kind}"] = w.pop(f"embeddings.patch_embeddings.projection.{kind}")
+  if "shared_position_bias.relative_position_bias_table" in w:
+    sd["rel_pos_bias.relative_position_bias_table"] = w.pop(
+        "shared_position_bias.relative_position_bias_table")
+    sd["rel_pos_bias.relative_position_index"] = torch.zeros(17, 17, dtype=torch.long)
+  for i in range(2):
+    h, b = f"layers.{i}.", f"blocks.{i}."
+    sd[b + "attn.qkv.weight"] = torch.cat(
+        [w.pop(f"{h}attention.{n}_proj.weight") for n in "qkv"], 0)
+    sd[b + "attn.q_bias"] = w.pop(h + "attention.q_proj.bias")
+    sd[b + "attn.v_bias"] = w.pop(h + "attention.v_proj.bias")
+    sd[b + "gamma_1"], sd[b + "gamma_2"] = w.pop(h + "lambda_1"), w.pop(h + "lambda_2")
+    table = h + "relative_position_bias.relative_position_bias_table"
+    if table in w:
+      sd[b + "attn.relative_position_bias_table"] = w.pop(table)
+      sd[b + "attn.relative_position_index"] = torch.zeros(17, 17, dtype=torch.long)
+    for theirs, ours in (("attention.o_proj", "attn.proj"), ("layernorm_before", "norm1"),
+                         ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"),
+                         ("mlp.fc2", "mlp.fc2")):
+      for kind in ("weight", "bias"):
+        sd[f"{b}{ours}.{kind}"] = w.pop(f"{h}{theirs}.{kind}")
+  assert not [k for k in w if not k.endswith("relative_position_index")], sorted(w)
+  return sd
+
+
+def beit_student(rel_pos):
+  return tiny_student(posemb="none", rel_pos=rel_pos, layer_scale=0.1, weight_init="beit")
+
+
+@pytest.mark.parametrize("shared,rel_pos", [(True, "shared"), (True, "per_layer"),
+                                            (False, "per_layer")])
+def test_beit_pth_and_transformers_dir_features_equal(tmp_path, shared, rel_pos, caplog):
+  """BEiT's .pth and a transformers BeitModel directory load to the same features; a shared
+  table fills every block's table of a per-layer student (BEiT's start of fine-tuning)."""
+  model = random_beit(shared)
+  x = np.random.default_rng(5).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  want = beit_features(model, x)
+  vit = beit_student(rel_pos)
+  pth = str(tmp_path / "beit.pth")
+  torch.save({"model": beit_release_sd(model), "args": argparse.Namespace(model="beit")}, pth)
+  caplog.set_level("INFO")
+  params = load(pth, vit)
+  assert max_err(features(vit, params, x), want) < ATOL
+  if rel_pos == "per_layer" and shared:
+    np.testing.assert_array_equal(params["rel_pos_bias_0"]["table"],
+                                  params["rel_pos_bias_1"]["table"])
+  dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+  assert len(dropped) == 1 and "lm_head.weight" in dropped[0] and "mask_token" in dropped[0]
+  model.save_pretrained(str(tmp_path / "hf"))
+  assert max_err(features(vit, load(str(tmp_path / "hf"), vit), x), want) < ATOL
+
+
+def test_per_layer_tables_do_not_fit_a_shared_student(tmp_path):
+  path = str(tmp_path / "beit.pth")
+  torch.save({"model": beit_release_sd(random_beit(shared=False))}, path)
+  with pytest.raises(init_from.InitFromError, match="lacks 1 student tensors: rel_pos_bias/table"):
+    load(path, beit_student("shared"))
+
+
+def test_maskalign_pth_keeps_the_student_and_drops_heads_and_teacher_once(tmp_path, caplog):
+  """MaskAlign's released .pth: `model` holds the student (timm names), the distillation heads
+  and weights, and the whole frozen teacher (clip_model.*); the teacher is named once."""
+  vit = tiny_student()
+  sd = random_timm_sd(layer_scale=False)
+  sd["pos_embed"] = torch.from_numpy(export.position_embedding({}, vit))[None]
+  sd.pop("head.weight"), sd.pop("head.bias")
+  sd.update({f"distill_heads.{i}.weight": torch.ones(16, 32) for i in range(2)})
+  sd["distill_weights"] = torch.eye(2)
+  sd.update({f"clip_model.vision_model.encoder.layers.{i}.mlp.fc1.weight": torch.ones(4, 4)
+             for i in range(12)})
+  path = str(tmp_path / "maskalign_b16_clip_b16.pth")
+  torch.save({"model": sd, "epoch": 199}, path)
+  x = np.random.default_rng(6).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  _, want, _ = timm_convention_forward(sd, nchw(x), 2, 2, "token")
+  caplog.set_level("INFO")
+  assert max_err(features(vit, load(path, vit), x), want) < ATOL
+  dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+  assert len(dropped) == 1
+  assert "clip_model.* (12 tensors)" in dropped[0] and "distill_weights" in dropped[0]
+  assert dropped[0].count("clip_model") == 1

@@ -18,8 +18,11 @@ def compute_dtype(config: ml_collections.ConfigDict):
 
 
 def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT:
+  """The student every method builds from `config.student` (pretraining and fine-tuning alike),
+  so that a fine-tune's student has the pretrained one's parameters."""
   s = config.student
   kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
+                rel_pos=s.rel_pos, layer_scale=s.layer_scale, weight_init=s.weight_init,
                 dtype=compute_dtype(config))
   kwargs.update(overrides)
   return ViT.from_variant(s.variant, **kwargs)

@@ -42,7 +42,7 @@ class FDModel(nn.Module):
 
 
 def make_model(config: ml_collections.ConfigDict, teacher: Any) -> FDModel:
-  return FDModel(student=maskdistill.make_student(config), teacher_width=teacher.width)
+  return FDModel(student=common.make_student(config), teacher_width=teacher.width)
 
 
 def target(final: jax.Array, norm: str) -> jax.Array:

@@ -61,17 +61,8 @@ class MaskDistillModel(nn.Module):
     return {"pred": head(out)}
 
 
-def make_student(config: ml_collections.ConfigDict) -> ViT:
-  """The student with BEiT's options; missing `config.student` fields take MaskDistill's
-  defaults (shared relative position bias, layer scale 0.1, BEiT init)."""
-  s = config.student
-  return common.make_student(config, rel_pos=s.get("rel_pos", "shared"),
-                             layer_scale=s.get("layer_scale", 0.1),
-                             weight_init=s.get("weight_init", "beit"))
-
-
 def make_model(config: ml_collections.ConfigDict, teacher: Any) -> MaskDistillModel:
-  return MaskDistillModel(student=make_student(config), teacher_width=teacher.width)
+  return MaskDistillModel(student=common.make_student(config), teacher_width=teacher.width)
 
 
 def batch_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
