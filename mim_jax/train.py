@@ -181,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   mngr = ckpt_lib.manager(workdir, keep=config.keep_checkpoints,
                           asynchronous=config.async_checkpoint)
   abstract, shardings = step_lib.state_shardings(setup)
-  start, state, _ = ckpt_lib.restore_latest(mngr, abstract, shardings)
+  start, state, data_pos = ckpt_lib.restore_latest(mngr, abstract, shardings)
   if state is None:
     start, state = 0, step_lib.init_state(setup, jax.random.key(config.seed))
     if config.get("init_from"):
@@ -197,7 +197,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   student = setup.model_student()
   data = input_pipeline.make_pretrain_iterator(
       config.data, global_batch_size=config.batch_size, mesh=mesh, seed=config.seed,
-      start_step=start, mask_fn=mask_fn(config, student.grid))
+      start_step=start, mask_fn=mask_fn(config, student.grid),
+      position=input_pipeline.host_position(data_pos))
   writer = metrics_lib.Writer(workdir, start)
   progress = metrics_lib.Progress(total_steps, config.batch_size, start)
   train_step = None
@@ -236,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
         if log_now or evals:  # one record per step
           writer.write(done, scalars if log_now else evals)
         if ckpt_now:
-          ckpt_lib.save(mngr, done, state)
+          ckpt_lib.save(mngr, done, state, data=input_pipeline.gather_positions(data))
         if stopping:
           logging.warning("Stopped at step %d; the same command resumes from it.", done)
           break

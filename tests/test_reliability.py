@@ -1,5 +1,6 @@
 """What pods do to a run: corrupt checkpoints, resumes that must not repeat or shift anything,
 bad input refused before anything is written."""
+import functools
 import glob
 import os
 import time
@@ -134,3 +135,45 @@ def test_writer_of_a_fresh_run_keeps_a_clean_file(tmp_path):
   w.close()
   assert not [f for f in os.listdir(tmp_path) if "restart" in f]
   assert metrics.truncate_jsonl(__import__("etils").epath.Path(tmp_path) / "metrics.jsonl", 1) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The data position is part of the checkpoint: resume with corrupt records is exact.
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cache", [False, True])
+def test_resume_with_corrupt_images_reads_what_a_straight_run_reads(tmp_path, cache):
+  import tensorflow_datasets as tfds
+  from jax.sharding import Mesh
+  from mim_jax.data import input_pipeline as ip
+  from tests.test_data import _config, _source_with_corrupt_images
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "fsdp"))
+  config = _config(str(tmp_path), name="imagenet2012", shuffle_buffer=4, cache=cache)
+  make = functools.partial(ip.make_pretrain_iterator, config, global_batch_size=8, mesh=mesh,
+                           seed=3)
+  with tfds.testing.mock_data(as_dataset_fn=_source_with_corrupt_images):
+    straight = make()
+    batches, skipped = [], []
+    for _ in range(6):
+      batches.append(np.asarray(next(straight)["image"]))
+      skipped.append(straight.num_skipped())
+    first = make()
+    for _ in range(3):
+      next(first)
+    saved = ip.gather_positions(first)  # what the checkpoint of step 3 holds
+    resumed = make(start_step=3, position=ip.host_position(saved))
+    for i in range(3, 6):
+      np.testing.assert_array_equal(np.asarray(next(resumed)["image"]), batches[i])
+      assert resumed.num_skipped() == skipped[i]
+    if not cache:  # without the saved position the stream is shifted by the corrupt records
+      old = make(start_step=3)
+      assert not np.array_equal(np.asarray(next(old)["image"]), batches[3])
+
+
+def test_positions_of_another_host_count_are_not_used():
+  from mim_jax.data import input_pipeline as ip
+  assert ip.host_position({"records": [5, 7], "skipped": [1, 2]}) is None  # 1 process here
+  assert ip.host_position(None) is None
+  far = type("Far", (), {"position": lambda self: {"records": (3 << 31) + 5, "skipped": 4}})()
+  gathered = ip.gather_positions(far)  # beyond int32: carried exactly
+  assert gathered == {"records": [(3 << 31) + 5], "skipped": [4]}
+  assert ip.host_position(gathered) == {"records": (3 << 31) + 5, "skipped": 4}

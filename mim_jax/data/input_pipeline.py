@@ -37,10 +37,11 @@ drawn from numpy's default_rng((seed, s, host)). A run started at `start_step` b
 start_step * local_batch: whole epochs are skipped for free, and the records of the partial epoch
 are read and dropped *before decoding* (cost: reading at most one epoch of encoded records per host,
 decoding none), so its batches are exactly those a run that never stopped would have seen.
-Caveat: without `cache`, positions count records, corrupt ones included; each corrupt record met
-before the resume point shifts the resumed stream by one example. TFDS builders re-encode every
-image, so their data has none; with `cache=True` corrupt images are dropped before positions are
-assigned and resume is exact regardless.
+Without `cache`, positions count records, corrupt ones included, so step * local_batch is not
+where a step's batch begins once a corrupt record was dropped: the train loop stores every host's
+`Pipeline.position()` (records read, corrupt ones skipped) in each checkpoint and resumes from it
+(`position=`), exactly. With `cache=True` corrupt images are dropped before positions are
+assigned, and step * local_batch is exact by itself.
 
 Corrupt images. Decoding sits alone in a `map` followed by `ignore_errors()`, so an undecodable
 image drops its record and nothing else. Every batch carries the stream positions of its rows
@@ -55,6 +56,7 @@ import math
 from typing import Any, Callable, Iterator, Optional
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -294,6 +296,11 @@ class Pipeline:
     """Corrupt images this host has dropped so far."""
     return self._skipped_before + self._consumed - self._kept
 
+  def position(self) -> dict[str, int]:
+    """Where this host's stream stands after the last yielded batch: {"records": stream
+    position of the next record to read, "skipped": corrupt images dropped so far}."""
+    return {"records": self._start_pos + self._consumed, "skipped": self.num_skipped()}
+
   def _count(self, pos: np.ndarray) -> None:
     kept = pos[pos >= 0]  # Padding rows have position -1.
     if kept.size:
@@ -334,10 +341,37 @@ def _mask_extra(mask_fn: MaskFn, seed: int, batch_size: int) -> Callable[[int], 
 # --------------------------------------------------------------------------------------------
 # Public entry points.
 # --------------------------------------------------------------------------------------------
+def gather_positions(pipeline: Pipeline) -> dict[str, list[int]]:
+  """Every host's `position()` as {"records": [per host], "skipped": [per host]} (a collective
+  when there are several hosts: all of them call it at the same step)."""
+  pos = pipeline.position()
+  # 30-bit halves: int32 arrays (JAX's default) carry record counts beyond 2**31 exactly.
+  local = np.array([[pos["records"] >> 30, pos["records"] & (2**30 - 1), pos["skipped"]]],
+                   np.int32)
+  rows = (multihost_utils.process_allgather(local, tiled=True) if jax.process_count() > 1
+          else local)
+  return {"records": [(int(hi) << 30) + int(lo) for hi, lo, _ in rows],
+          "skipped": [int(k) for _, _, k in rows]}
+
+
+def host_position(gathered: Optional[dict]) -> Optional[dict[str, int]]:
+  """This host's entry of `gather_positions`' output; None when there is none for it (an older
+  checkpoint, or one written with another number of hosts, whose splits differed)."""
+  if not gathered or len(gathered.get("records", ())) != jax.process_count():
+    return None
+  i = jax.process_index()
+  return {"records": gathered["records"][i], "skipped": gathered["skipped"][i]}
+
+
 def make_pretrain_iterator(config_data: ml_collections.ConfigDict, *, global_batch_size: int,
                            mesh: Mesh, seed: int, start_step: int = 0,
-                           mask_fn: Optional[MaskFn] = None) -> Pipeline:
+                           mask_fn: Optional[MaskFn] = None,
+                           position: Optional[dict[str, int]] = None) -> Pipeline:
   """Infinite stream of augmented global batches, the one of step `start_step` first.
+
+  `position` (this host's `Pipeline.position()` at `start_step`, kept in the checkpoint) is
+  where the stream resumes without `cache`; None: step * local batch, exact only when no corrupt
+  record came before.
 
   Yields {"image": float32 [B, S, S, 3] (ImageNet-normalised), "label": int32 [B]}, plus
   "mask": uint8 [B, N] from `mask_fn(np_rng, local_batch) -> [b, N]` when given; B is
@@ -357,6 +391,8 @@ def make_pretrain_iterator(config_data: ml_collections.ConfigDict, *, global_bat
     num_valid = _count(records)
     skipped_before, epoch_len = epoch_len - num_valid, num_valid
   start = start_step * local_b
+  if position is not None and not _field(config_data, "cache"):
+    start, skipped_before = position["records"], position["skipped"]
   ds = _shuffled_epochs(records, seed=seed, shuffle_buffer=_field(config_data, "shuffle_buffer"),
                         epoch_len=epoch_len, start=start)
   ds = _decoded(ds)  # No-op when cached (already decoded).
