@@ -29,6 +29,7 @@ from mim_jax import optim
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
+from mim_jax import validate
 from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
 from mim_jax.evaluation import features, knn
@@ -167,6 +168,7 @@ class Result:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Result:
   """Trains `config` in `workdir`, resuming from its latest checkpoint (a finished run is only
   restored)."""
+  validate.check(config, workdir)  # workdir, mesh and batch problems: before any work
   teacher = load_teacher(config)  # bad teacher or data input fails before anything is written
   if config.get("init_from"):
     init_from_lib.check(config.init_from)  # a bad source, too

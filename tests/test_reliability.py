@@ -177,3 +177,65 @@ def test_positions_of_another_host_count_are_not_used():
   gathered = ip.gather_positions(far)  # beyond int32: carried exactly
   assert gathered == {"records": [(3 << 31) + 5], "skipped": [4]}
   assert ip.host_position(gathered) == {"records": (3 << 31) + 5, "skipped": 4}
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one `error:` line, nothing written.
+# --------------------------------------------------------------------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(cwd, workdir, *overrides):
+  import subprocess
+  import sys
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run(
+      [sys.executable, "-m", "mim_jax.main", "--config",
+       os.path.join(REPO, "configs/maskalign_b16_clip_b16.py:runlocal=True"), "--workdir",
+       workdir, *overrides], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def _read_only_dir(tmp_path):
+  """A read-only tmpfs mounted in tmp_path (root can write anywhere else); skips without one."""
+  import subprocess
+  path = tmp_path / "ro"
+  path.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
+                    capture_output=True).returncode:
+    if os.access(path, os.W_OK):
+      os.chmod(path, 0o555)  # enough when not root
+      if os.access(path, os.W_OK):
+        pytest.skip("no read-only directory can be made here")
+  return path
+
+
+@pytest.mark.parametrize("case", ["empty", "under_file", "read_only", "batch"])
+def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case):
+  import subprocess
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  (tmp_path / "file").write_text("x")
+  overrides, where = [], None
+  if case == "empty":
+    workdir, expect = "", "--workdir '' is empty"
+  elif case == "under_file":
+    workdir, expect = str(tmp_path / "file" / "run"), "is a file, not a directory"
+  elif case == "read_only":
+    where = _read_only_dir(tmp_path)
+    workdir, expect = str(where / "run"), "is not writable"
+  else:
+    workdir, expect = str(tmp_path / "run"), "--config.batch_size=12: "
+    overrides = ["--config.batch_size=12", "--config.mesh.data=-1"]  # 8 devices: 8 shards
+  before = sorted(os.listdir(tmp_path))
+  try:
+    r = _main(str(cwd), workdir, *overrides)
+    after_ro = os.listdir(where) if where else []
+  finally:
+    if where:
+      subprocess.run(["umount", str(where)], capture_output=True)
+  assert r.returncode != 0
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and expect in last, r.stderr[-2000:]
+  if case == "batch":
+    assert "use a multiple of 8" in last
+  assert os.listdir(cwd) == [] and sorted(os.listdir(tmp_path)) == before and after_ro == []

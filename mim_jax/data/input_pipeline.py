@@ -256,8 +256,10 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   sharding = batch_sharding(mesh)
   shards = math.prod(mesh.shape[a] for a in sharding.spec[0])
   if global_batch_size % shards or global_batch_size % jax.process_count():
+    step = math.lcm(shards, jax.process_count())
     raise ValueError(f"global_batch_size={global_batch_size} must be divisible by the "
-                     f"{shards} batch shards of the mesh and the {jax.process_count()} hosts.")
+                     f"{shards} batch shards of the mesh and the {jax.process_count()} hosts: "
+                     f"use a multiple of {step}.")
   return global_batch_size // jax.process_count()
 
 
