@@ -69,3 +69,24 @@ def test_layer_norm_no_affine():
   xn = np.asarray(x)
   ref = (xn - xn.mean(-1, keepdims=True)) / np.sqrt(xn.var(-1, keepdims=True) + 1e-5)
   np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_drop_path_drops_whole_examples_and_rescales_the_rest():
+  x = jnp.ones((256, 5, 6))
+  y = layers.drop_path(0.25).apply({}, x, False, rngs={"dropout": jax.random.key(0)})
+  per_example = np.asarray(y).reshape(256, -1)
+  kept = per_example[:, 0] > 0
+  np.testing.assert_array_equal(per_example[kept], np.float32(1) / np.float32(0.75))  # whole example kept, rescaled
+  np.testing.assert_array_equal(per_example[~kept], 0.0)      # or whole example dropped
+  assert 0.15 < 1 - kept.mean() < 0.35
+  np.testing.assert_array_equal(layers.drop_path(0.25).apply({}, x, True), x)
+
+
+def test_fused_kernel_inits_are_xavier_over_the_flattened_fans():
+  key = jax.random.key(1)
+  qkv = layers.QKV_INIT(key, (64, 3, 4, 16))
+  patch = layers.PATCH_INIT(key, (4, 4, 3, 64))
+  for w, fan_in, fan_out in ((qkv, 64, 192), (patch, 48, 64)):
+    limit = (6 / (fan_in + fan_out)) ** 0.5
+    assert float(jnp.abs(w).max()) <= limit and float(jnp.abs(w).max()) > 0.95 * limit
+    np.testing.assert_allclose(float(jnp.var(w)), limit ** 2 / 3, rtol=0.1)

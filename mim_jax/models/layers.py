@@ -117,23 +117,16 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32) -> jax.Arr
 # --------------------------------------------------------------------------------------------
 # Initialisers.
 # --------------------------------------------------------------------------------------------
-def xavier_uniform_fused(fan_in: int, fan_out: int) -> Callable:
-  """Xavier-uniform for a kernel stored with extra axes (e.g. [D, 3, H, Dh])."""
-  limit = (6.0 / (fan_in + fan_out)) ** 0.5
-
-  def init(key, shape, dtype=F32):
-    return jax.random.uniform(key, shape, dtype, -limit, limit)
-
-  return init
-
-
 def trunc_normal(std: float = 0.02) -> Callable:
   """Truncated normal in [-2 std, 2 std], timm's trunc_normal_(std) convention."""
+  return jax.nn.initializers.truncated_normal(std, lower=-2.0, upper=2.0)
 
-  def init(key, shape, dtype=F32):
-    return std * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
 
-  return init
+# Xavier-uniform of kernels stored with extra axes, fans over the flattened input / output axes:
+# the fused qkv [D, 3, H, Dh] (fan_in D, fan_out 3 H Dh) and the patch kernel [p, p, C, D]
+# (fan_in p p C), as MAE initialises the torch Linear / flattened conv they stand for.
+QKV_INIT = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
+PATCH_INIT = nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3)
 
 
 def partitioned(init: Callable, names: Sequence[Optional[str]]) -> Callable:
@@ -206,18 +199,11 @@ def activation(name: str) -> Callable:
   return ACTIVATIONS[name]
 
 
-class DropPath(nn.Module):
-  """Stochastic depth: drops the whole residual branch per example (rng stream 'dropout')."""
-  rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-    return jnp.where(mask, x / keep, 0.0)
+def drop_path(rate: float) -> nn.Dropout:
+  """Stochastic depth on [B, L, D]: drops the whole residual branch per example (one draw per
+  example, broadcast over tokens and channels; kept ones scaled by 1 / (1 - rate); rng stream
+  'dropout')."""
+  return nn.Dropout(rate, broadcast_dims=(1, 2))
 
 
 class Attention(nn.Module):
@@ -242,7 +228,7 @@ class Attention(nn.Module):
     if d % h:
       raise ValueError(f"width {d} is not divisible by num_heads {h}")
     dh = d // h
-    qkv_init = self.qkv_init or xavier_uniform_fused(d, 3 * d)
+    qkv_init = self.qkv_init or QKV_INIT
     w_qkv = self.param("qkv_kernel", partitioned(qkv_init, ("embed", None, "heads", "kv")),
                        (d, 3, h, dh), F32)
     # Head-major [B, H, L, Dh] operands: jaxlib 0.10.2's CPU DotThunk rejects some backward
@@ -313,10 +299,10 @@ class Block(nn.Module):
                          self.qkv_init, self.out_init, name="attn")(
                              LayerNorm(self.ln_eps, name="ln1")(x), bias, deterministic,
                              return_probs)
-    x = x + DropPath(self.drop_path)(self._scale(y, "ls1"), deterministic)
+    x = x + drop_path(self.drop_path)(self._scale(y, "ls1"), deterministic)
     y = Mlp(self.mlp_dim, self.act, self.dtype, self.fc2_init, self.fc1_init, name="mlp")(
         LayerNorm(self.ln_eps, name="ln2")(x))
-    x = x + DropPath(self.drop_path)(self._scale(y, "ls2"), deterministic)
+    x = x + drop_path(self.drop_path)(self._scale(y, "ls2"), deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return x, probs
 
@@ -354,16 +340,11 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     c = images.shape[-1]
-    fan_in = self.patch * self.patch * c
-
-    def init(key, shape, dtype=F32):  # xavier-uniform on the flattened kernel (MAE)
-      return xavier_uniform_fused(fan_in, self.width)(key, shape, dtype)
-
-    kernel = self.param("kernel", partitioned(self.kernel_init or init,
+    kernel = self.param("kernel", partitioned(self.kernel_init or PATCH_INIT,
                                               (None, None, None, "embed")),
                         (self.patch, self.patch, c, self.width), F32)
     x = patchify(images, self.patch)
-    y = einsum("bnk,kd->bnd", x, kernel.reshape(fan_in, self.width), self.dtype)
+    y = einsum("bnk,kd->bnd", x, kernel.reshape(-1, self.width), self.dtype)
     if self.use_bias:
       y = y + self.param("bias", partitioned(nn.initializers.zeros, ("embed",)),
                          (self.width,), F32)

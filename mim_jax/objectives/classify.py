@@ -148,8 +148,7 @@ def make_model(config: ml_collections.ConfigDict, teacher: Optional[Any]) -> Cla
 
 def smoothed_targets(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
   """labels [B] int -> [B, C]: (1 - s) * onehot + s / C. Label -1 (padding) gives s / C rows."""
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=F32)
-  return onehot * (1.0 - smoothing) + smoothing / num_classes
+  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes, dtype=F32), smoothing)
 
 
 def loss_fn(out: dict, teacher_out: Any, masks: Any, batch: dict,
