@@ -57,8 +57,9 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.async_checkpoint = True
+  # kNN during training; pool: the feature of an image, "cls" token | "mean" of the patch tokens
   c.eval = ml_collections.ConfigDict(dict(every=0, knn_k=20, knn_temperature=0.07,
-                                          batch_size=256))
+                                          batch_size=256, pool="cls"))
   c.runlocal = False
   return c
 

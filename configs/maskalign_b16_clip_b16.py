@@ -6,6 +6,12 @@ r"""MaskAlign: ViT-B/16 student, CLIP ViT-B/16 teacher, ImageNet-1k, 200 epochs 
 
 Arguments: variant=B/16 (student size), teacher=clip_b16 (zoo name or checkpoint dir),
 runlocal=True (nano student on the digits dataset, the demo's own teacher).
+
+Weight decay: AdamW decays the kernels only (mim_jax/optim.py), not the CLS token, biases, norms
+or the alignment matrix. The public code (timm's add_weight_decay, which exempts only 1-D
+parameters) also decays `cls_token` [1, 1, D]. We keep the ViT convention (timm / BEiT
+`no_weight_decay`: pos_embed, cls_token) shared by every method here, so that the tables' rows
+differ only in what they ablate; it touches D of ~86M parameters.
 """
 from configs import common
 from mim_jax import config as config_lib

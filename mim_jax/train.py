@@ -170,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   restored)."""
   validate.check(config, workdir)  # workdir, mesh and batch problems: before any work
   teacher = load_teacher(config)  # bad teacher or data input fails before anything is written
+  features.check_pool(config.eval.pool)
   if config.get("init_from"):
     init_from_lib.check(config.init_from)  # a bad source, too
   mesh = sharding_lib.make_mesh(config.mesh)
@@ -227,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
           _check_finite(done, scalars, mngr)
         evals = {}
         if config_lib.should_run(done, config.eval.get("every"), total_steps):
-          encoder = features.encoder_fn(student, pool=config.eval.get("pool", "cls"))
+          encoder = features.encoder_fn(student, pool=config.eval.pool)
           evals["knn/top1"] = knn_eval(config, mesh, encoder, state.params["student"])
           logging.info("step %d kNN top-1 %.4f", done, evals["knn/top1"])
         if log_now:

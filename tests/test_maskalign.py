@@ -16,9 +16,22 @@ def test_layer_weights():
   assert maskalign.layer_weights("top_k", 12, 5) == (0.0,) * 7 + (0.2,) * 5
   assert maskalign.layer_weights("out", 4) == (0, 0, 0, 1.0)
   assert maskalign.layer_weights("mean", 4) == (0.25,) * 4
-  assert maskalign.layer_weights("mid_k", 6, 2) == (0, 0, 0.5, 0.5, 0, 0)
+  assert maskalign.layer_weights("mid", 6, 2, mid=2) == (0, 0, 1.0, 0, 0, 0)  # the code's mid2
+  assert maskalign.layer_weights("linear_decay", 4) == pytest.approx((0, 1 / 6, 2 / 6, 3 / 6))
+  assert maskalign.layer_weights("linear_decay", 1) == (1.0,)
+  with pytest.raises(ValueError, match="mid_layer=6 is not a layer of the teacher's 6"):
+    maskalign.layer_weights("mid", 6, mid=6)
   with pytest.raises(ValueError, match="Unknown layer weighting"):
     maskalign.layer_weights("best", 4)
+
+
+def test_mid_weighting_uses_the_config_layer():
+  model = maskalign.make_model(
+      ml_collections.ConfigDict(dict(
+          student=dict(variant="nano/4", drop_path=0.0, posemb="sincos"), data=dict(image_size=16),
+          objective=obj_config(layer_weights="mid", mid_layer=1).objective)),
+      types.SimpleNamespace(width=8, depth=4))
+  assert model.used_layers == (1,)
 
 
 def np_smooth_l1(d, beta):
@@ -73,10 +86,12 @@ def test_loss_by_hand(arrays, norm, align_cls, loss):
   assert float(total) == pytest.approx(expected, rel=1e-5)
 
 
-def tiny_model(alignment="dynamic", student_depth=4, teacher_depth=4, used=(2, 3)):
+def tiny_model(alignment="dynamic", student_depth=4, teacher_depth=4, used=(2, 3),
+               adaptor="linear"):
   return maskalign.MaskAlignModel(
       student=ViT.from_variant("micro/4", image_size=16).clone(depth=student_depth),
-      teacher_width=8, teacher_depth=teacher_depth, used_layers=used, alignment=alignment)
+      teacher_width=8, teacher_depth=teacher_depth, used_layers=used, alignment=alignment,
+      adaptor=adaptor)
 
 
 def init(model):
@@ -106,6 +121,13 @@ def test_fusion_is_weighted_sum_of_blocks():
   dense = params["adaptor3"]["Dense_0"]
   np.testing.assert_allclose(pred, 2.0 * aux["blocks"][1] @ dense["kernel"] + dense["bias"],
                              atol=1e-5)
+
+
+def test_mlp_adaptor_hidden_width_is_the_students():
+  params, out = init(tiny_model(adaptor="mlp", used=(3,)))  # student width 64, teacher 8
+  mlp = params["adaptor3"]
+  assert mlp["Dense_0"]["kernel"].shape == (64, 64) and mlp["Dense_1"]["kernel"].shape == (64, 8)
+  assert out["preds"][3].shape == (2, 6, 8)
 
 
 def test_layerwise_needs_equal_depths():

@@ -118,6 +118,7 @@ def test_registry_config_and_sweep():
       "block", 0.4, "shared", "none")
   assert optim.peak_lr(c.optim, c.batch_size) == pytest.approx(1.5e-3)
   assert (c.optim.b2, c.optim.clip_norm, c.student.layer_scale) == (0.999, 3.0, 0.1)
+  assert tuple(c.data.crop_scale) == (0.2, 1.0)  # BEiT v2's command, the study's recipe
   assert maskdistill_b16_clip_b16.get_config("variant=L/16").student.layer_scale == 1e-5
   rows = maskdistill_norm_loss.sweep()
   assert {(r["objective.target_norm"], r["objective.loss"]) for r in rows} == {

@@ -109,14 +109,20 @@ def test_mae_configs():
                                                attn_drop=0.0)
   r = load("mae_robust_b16.py")
   assert r.objective.decoder.attn_drop == 0.3 and tuple(r.data.crop_scale) == (0.5, 1.0)
-  assert (r.objective.mid_mask_ratio, r.objective.mid_mask_depth) == (0.25, 8)
+  # the main B recipe has no mid-level mask tokens (its Table 5 case study adds them)
+  assert (r.objective.mid_mask_ratio, r.objective.mid_mask_depth) == (0.0, 8)
+  assert tuple(load("mae_robust_b16.py", "variant=L/16").data.crop_scale) == (0.2, 1.0)
   local = load("mae_b16.py", "runlocal=True")
   assert local.student.variant == "nano/4" and local.data.image_size == 16
   model = mae.make_model(local)
   assert model.decoder.grid == (4, 4) and model.decoder.out_dim == 48
   assert model.mid_mask_count == 0
-  robust = mae.make_model(load("mae_robust_b16.py", "runlocal=True"))
-  assert (robust.mid_mask_count, robust.mid_depth, robust.decoder.attn_drop) == (4, 1, 0.3)
+  robust_config = load("mae_robust_b16.py", "runlocal=True")
+  assert tuple(robust_config.data.crop_scale) == (0.5, 1.0)
+  robust = mae.make_model(robust_config)
+  assert (robust.mid_mask_count, robust.mid_depth, robust.decoder.attn_drop) == (0, 1, 0.3)
+  robust_config.objective.mid_mask_ratio = 0.25
+  assert mae.make_model(robust_config).mid_mask_count == 4
 
 
 def test_mrmae_config():

@@ -88,6 +88,17 @@ def test_missing_teacher_directory_is_one_line(tmp_path):
   assert os.listdir(tmp_path) == []  # nothing written
 
 
+def test_eval_pool_is_a_config_key_checked_before_writing(tmp_path, tiny_vit_teacher_dir):
+  assert config_for(tiny_vit_teacher_dir, 1).eval.pool == "cls"
+  r = run_main(["--config", "configs/maskalign_b16_clip_b16.py:runlocal=True",
+                "--workdir", str(tmp_path), f"--config.teacher.spec={tiny_vit_teacher_dir}",
+                "--config.eval.pool=max"])
+  assert r.returncode != 0
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "Unknown pool 'max'" in last and "'mean'" in last
+  assert os.listdir(tmp_path) == []  # nothing written
+
+
 def test_missing_dataset_is_one_line(tmp_path, tiny_vit_teacher_dir):
   r = run_main(["--config", "configs/maskalign_b16_clip_b16.py:runlocal=True",
                 "--workdir", str(tmp_path), f"--config.teacher.spec={tiny_vit_teacher_dir}",

@@ -19,13 +19,15 @@ EncoderFn = Callable[[Any, jax.Array], jax.Array]
 POOLS = ("cls", "mean")
 
 
+def check_pool(pool: str) -> None:
+  if pool not in POOLS:
+    raise ValueError(f"Unknown pool {pool!r}: use one of {POOLS}.")
+
+
 def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
   """[B, 1 + N, D] -> [B, D]: the CLS token, or the mean of the patch tokens."""
-  if pool == "cls":
-    return tokens[:, 0]
-  if pool == "mean":
-    return tokens[:, 1:].mean(axis=1)
-  raise ValueError(f"Unknown pool {pool!r}: use one of {POOLS}.")
+  check_pool(pool)
+  return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(axis=1)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -36,8 +38,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 def encoder_fn(vit: ViT, pool: str = "cls", normalize: bool = True) -> EncoderFn:
   """(student params, images [B, H, W, 3]) -> features [B, D] float32, eval mode."""
-  if pool not in POOLS:
-    raise ValueError(f"Unknown pool {pool!r}: use one of {POOLS}.")
+  check_pool(pool)
 
   def apply(params: Any, images: jax.Array) -> jax.Array:
     out, _ = vit.apply({"params": params}, images, train=False)

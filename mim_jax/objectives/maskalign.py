@@ -24,11 +24,17 @@ from mim_jax.objectives import common
 F32 = jnp.float32
 
 
-def layer_weights(kind: str, num_layers: int, k: int = 5) -> tuple[float, ...]:
-  """Loss weights over the teacher's T layers.
+LAYER_WEIGHTS = ("top_k", "out", "mean", "mid", "linear_decay")
+
+
+def layer_weights(kind: str, num_layers: int, k: int = 5, mid: int = 6) -> tuple[float, ...]:
+  """Loss weights over the teacher's T block outputs (index 0 = the first block's), as the
+  public code's `loss_weights`:
 
   "top_k": [0]*(T-K) + [1/K]*K; "out": the last layer only; "mean": 1/T each;
-  "mid_k": 1/K on the K layers centred on the middle of the stack.
+  "mid": 1 on the single layer `mid` (the code's `mid{m}`);
+  "linear_decay": i / (0 + 1 + ... + T-1) for layer i (the code's name: the weight grows with
+  depth, layer 0 gets none).
   """
   t = num_layers
   if kind == "top_k":
@@ -38,11 +44,14 @@ def layer_weights(kind: str, num_layers: int, k: int = 5) -> tuple[float, ...]:
     return (0.0,) * (t - 1) + (1.0,)
   if kind == "mean":
     return (1.0 / t,) * t
-  if kind == "mid_k":
-    k = min(k, t)
-    start = (t - k) // 2
-    return tuple(1.0 / k if start <= i < start + k else 0.0 for i in range(t))
-  raise ValueError(f"Unknown layer weighting {kind!r}: use 'top_k', 'out', 'mean' or 'mid_k'.")
+  if kind == "mid":
+    if not 0 <= mid < t:
+      raise ValueError(f"mid_layer={mid} is not a layer of the teacher's {t}: use 0..{t - 1}.")
+    return tuple(1.0 if i == mid else 0.0 for i in range(t))
+  if kind == "linear_decay":
+    total = t * (t - 1) / 2
+    return tuple(i / total for i in range(t)) if total else (1.0,)
+  raise ValueError(f"Unknown layer weighting {kind!r}: use one of {LAYER_WEIGHTS}.")
 
 
 def alignment_init(teacher_depth: int, student_depth: int) -> Callable:
@@ -56,7 +65,8 @@ def alignment_init(teacher_depth: int, student_depth: int) -> Callable:
 
 
 class Adaptor(nn.Module):
-  """Linear (xavier) or 2-layer MLP from the student width to the teacher width."""
+  """Linear (xavier) or 2-layer MLP (hidden width = the student's, as the paper and the public
+  code) from the student width to the teacher width."""
   features: int
   kind: str = "linear"
   dtype: Any = F32
@@ -66,7 +76,7 @@ class Adaptor(nn.Module):
     if self.kind == "linear":
       return layers.Dense(self.features, dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
     if self.kind == "mlp":
-      x = layers.Dense(self.features, dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
+      x = layers.Dense(x.shape[-1], dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
       x = layers.activation("gelu")(x)
       return layers.Dense(self.features, dtype=self.dtype, kernel_axes=("mlp", "embed"))(x)
     raise ValueError(f"Unknown adaptor {self.kind!r}: use 'linear' or 'mlp'.")
@@ -104,7 +114,7 @@ class MaskAlignModel(nn.Module):
 
 def make_model(config: ml_collections.ConfigDict, teacher: Any) -> MaskAlignModel:
   obj = config.objective
-  weights = layer_weights(obj.layer_weights, teacher.depth, obj.top_k)
+  weights = layer_weights(obj.layer_weights, teacher.depth, obj.top_k, obj.mid_layer)
   return MaskAlignModel(
       student=common.make_student(config), teacher_width=teacher.width,
       teacher_depth=teacher.depth,
@@ -124,7 +134,7 @@ def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
             config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
   obj = config.objective
   hidden = teacher_out["hidden_states"][1:]  # outputs of each teacher block
-  weights = layer_weights(obj.layer_weights, len(hidden), obj.top_k)
+  weights = layer_weights(obj.layer_weights, len(hidden), obj.top_k, obj.mid_layer)
   total, metrics = jnp.zeros((), F32), {}
   for j, pred in out["preds"].items():
     target = targets(hidden[j], masks.ids_keep, obj.target_norm)
@@ -140,6 +150,6 @@ def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
 
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      adaptor="linear", alignment="dynamic", layer_weights="top_k", top_k=5,
+      adaptor="linear", alignment="dynamic", layer_weights="top_k", top_k=5, mid_layer=6,
       target_norm="ln", align_cls=True, loss="smooth_l1", beta=1.0))
 
