@@ -26,11 +26,10 @@ def test_layer_weights():
 
 
 def test_mid_weighting_uses_the_config_layer():
-  model = maskalign.make_model(
-      ml_collections.ConfigDict(dict(
-          student=dict(variant="nano/4", drop_path=0.0, posemb="sincos"), data=dict(image_size=16),
-          objective=obj_config(layer_weights="mid", mid_layer=1).objective)),
-      types.SimpleNamespace(width=8, depth=4))
+  from configs import maskalign_b16_clip_b16  # pylint: disable=import-outside-toplevel
+  config = maskalign_b16_clip_b16.get_config("runlocal=True")
+  config.objective.layer_weights, config.objective.mid_layer = "mid", 1
+  model = maskalign.make_model(config, types.SimpleNamespace(width=8, depth=4))
   assert model.used_layers == (1,)
 
 

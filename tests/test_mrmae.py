@@ -31,7 +31,8 @@ def mrmae_config(**obj):
   c = mrmae.default_config()
   c.update(obj)
   return ml_collections.ConfigDict(dict(
-      student=dict(variant="nano/4", drop_path=0.0, posemb="sincos"), objective=c,
+      student=dict(variant="nano/4", drop_path=0.0, posemb="sincos", rel_pos="none",
+                   layer_scale=None, weight_init="mae"), objective=c,
       mask=dict(kind="random", ratio=0.5), data=dict(image_size=8), precision="float32"))
 
 
