@@ -166,3 +166,38 @@ def grid_side(num_patches: int) -> int:
   if side * side != num_patches:
     raise ValueError(f"{num_patches} patches do not form a square grid.")
   return side
+
+
+def plot_sweep(names: Sequence[str], ours: Mapping[str, Sequence[Optional[float]]],
+               paper: Sequence[Optional[float]], out_png: str, *, paper_label: str = "paper",
+               panel_inches: float = 3.5, dpi: int = 100) -> str:
+  """A sweep's rows side by side: one panel of horizontal bars per metric of ours that any row
+  has (None = no value, no bar), then one of the paper's numbers, rows in sweep order (top
+  first), each bar labelled with its value. The figure is panel_inches wide per panel."""
+  panels = [(title, values) for title, values in ours.items()
+            if any(v is not None for v in values)]
+  panels.append((paper_label, list(paper)))
+  for title, values in panels:
+    if len(values) != len(names):
+      raise ValueError(f"{title!r} has {len(values)} values for {len(names)} rows.")
+  height = max(2.0, 0.45 * len(names) + 1.0)
+  fig, axes = plt.subplots(1, len(panels), figsize=(panel_inches * len(panels), height),
+                           squeeze=False, sharey=True)
+  rows = np.arange(len(names))
+  for ax, (title, values) in zip(axes[0], panels):
+    known = [(i, float(v)) for i, v in enumerate(values) if v is not None and np.isfinite(v)]
+    if known:
+      idx, vals = zip(*known)
+      ax.barh(idx, vals, color="C1" if ax is axes[0, -1] else "C0")
+      lo, hi = min(vals), max(vals)
+      pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
+      ax.set_xlim(lo - pad, hi + pad)  # the differences between rows are what matters
+      for i, v in known:
+        ax.text(v, i, f" {v:.4g}", va="center", fontsize="small")
+    ax.set_title(title, fontsize="small")
+    ax.grid(True, axis="x", alpha=0.3)
+  axes[0, 0].set_yticks(rows)
+  axes[0, 0].set_yticklabels(names, fontsize="small")
+  axes[0, 0].invert_yaxis()
+  fig.tight_layout()
+  return _save(fig, out_png, dpi)

@@ -1,4 +1,5 @@
 """Sweep launcher (names, commands, quoting, key checks), MaskAlign sweeps, MAE/MR-MAE configs."""
+import glob
 import os
 import shlex
 import sys
@@ -142,3 +143,65 @@ def test_student_constants_match_the_pipeline():
   from mim_jax.data import preprocess  # pylint: disable=import-outside-toplevel
   assert tuple(STUDENT_MEAN) == tuple(preprocess.IMAGENET_MEAN)
   assert tuple(STUDENT_STD) == tuple(preprocess.IMAGENET_STD)
+
+
+SWEEPS = sorted(glob.glob(os.path.join(ROOT, "configs", "sweeps", "*.py")))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=os.path.basename)
+def test_every_sweep_file_names_its_config_and_the_papers_numbers(path):
+  points = sweep_lib.load_sweep(path)
+  metric, paper = sweep_lib.load_paper(path)
+  assert metric and len(paper) == len(points) and any(v is not None for v in paper)
+  assert len(set(sweep_lib.run_names(points))) == len(points)
+  # Every key a field of the sweep's config and every value of its type (raises otherwise).
+  sweep_lib.check_points(sweep_lib.sweep_config(path, None), points)
+
+
+def test_paper_numbers_of_the_tables():
+  numbers = lambda name: sweep_lib.load_paper(os.path.join(ROOT, "configs", "sweeps", name))[1]
+  assert numbers("maskalign_top_k.py") == [84.9, 85.1, 85.3, 85.1, 84.8, 85.1]
+  assert numbers("maskalign_adaptation.py") == [85.4, 85.3, 85.2, 84.7, 84.3]
+  assert numbers("maskalign_teachers.py") == [83.9, 85.3, 85.6, 86.5, 87.4]
+  assert numbers("maskdistill_target_layers.py") == [84.5, 84.4, 84.3, 85.0, 85.0, 85.1]
+  assert numbers("maskdistill_vs_kd.py") == [85.3, 85.0, 85.2, 85.5, 85.4, 86.8]
+  assert numbers("mrmae_tricks.py") == [83.0, 84.7, 84.9, 85.0, 84.9]
+  assert numbers("mae_robust_targets.py") == [81.99, 83.25, 83.28, 84.70, 85.29, 85.47]
+  literal = sweep_lib.load_sweep(os.path.join(ROOT, "configs", "sweeps",
+                                               "maskalign_mask_ratio_200ep.py"))
+  assert {p["total_epochs"] for p in literal} == {200.0}
+
+
+def test_wrong_value_type_is_refused(tmp_path):
+  sweep = tmp_path / "bad.py"
+  sweep.write_text("def sweep():\n  return [{'objective.top_k': 'five'}]\n")
+  with pytest.raises(TypeError, match="objective.top_k='five'"):
+    sweep_lib.main(["--config", MASKALIGN, "--sweep", str(sweep), "--workdir", "w"])
+
+
+def test_summarize_writes_the_table_beside_the_papers_numbers(tmp_path, capsys):
+  sweep = tmp_path / "s.py"
+  sweep.write_text("METRIC = 'fine-tune top-1 (%)'\n"
+                   "def sweep():\n  return [{'objective.top_k': 1}, {'objective.top_k': 3},"
+                   " {'objective.top_k': 5}]\n"
+                   "def paper():\n  return [84.9, None, 85.3]\n")
+  run = tmp_path / "runs" / "top_k=1"
+  run.mkdir(parents=True)
+  (run / "metrics.jsonl").write_text(  # a resumed run wrote step 20 twice: the last counts
+      '{"step": 10, "loss": 2.0}\n{"step": 20, "loss": 1.5, "knn/top1": 0.5}\n'
+      '{"step": 20, "loss": 1.25, "knn/top1": 0.625}\n')
+  (run / "finetune").mkdir()
+  (run / "finetune" / "metrics.jsonl").write_text('{"step": 5, "finetune/top1": 0.9}\n')
+  (tmp_path / "runs" / "top_k=3").mkdir()
+  (tmp_path / "runs" / "top_k=3" / "metrics.jsonl").write_text('{"step": 20, "loss": 1.75}\n')
+  assert sweep_lib.main(["--sweep", str(sweep), "--workdir", str(tmp_path / "runs"),
+                         "--summarize"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == ("| run | final loss | kNN top-1 (%) | fine-tune top-1 (%) | "
+                      "paper: fine-tune top-1 (%) |")
+  assert lines[2:] == ["| top_k=1 | 1.25 | 62.5 | 90.0 | 84.9 |",
+                       "| top_k=3 | 1.75 | - | - | - |",
+                       "| top_k=5 | - | - | - | 85.3 |"]  # not run
+  assert "| top_k=3 | 1.75 |" in (tmp_path / "runs" / "summary.md").read_text()
+  png = tmp_path / "runs" / "summary.png"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
