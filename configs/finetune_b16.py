@@ -52,7 +52,9 @@ def get_config(arg=None):
   c.init_from = ml_collections.FieldReference(None, field_type=str)  # see docstring
   c.augment = ml_collections.ConfigDict(dict(randaugment="rand-m9-mstd0.5-inc1",
                                              random_erasing=0.25))  # TODO: see docstring
+  c.eval.every = 6_250  # top-1 / top-5 on data.eval_split (~5 epochs at batch 1024) and at the end
   if arg.runlocal:
     common.shrink_for_local(c)
     c.objective.num_classes = 10
+    c.eval.every = c.total_steps  # results.json at the end
   return c

@@ -32,7 +32,7 @@ from mim_jax import teachers
 from mim_jax import validate
 from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
-from mim_jax.evaluation import features, knn
+from mim_jax.evaluation import classification, features, knn
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -103,6 +103,20 @@ def knn_eval(config: ml_collections.ConfigDict, mesh, encoder: Any, params: Any)
                for split in (config.data.split, config.data.eval_split)]
   return knn.knn_evaluate(encoder, params, *iterators, k=config.eval.knn_k,
                           temperature=config.eval.knn_temperature)["knn/top1"]
+
+
+def evaluate(setup: step_lib.Setup, params: Any) -> dict[str, float]:
+  """The run's periodic evaluation: top-1 / top-5 of a classifier on `data.eval_split`
+  ("eval/top1", "eval/top5"), else kNN top-1 of the student's features ("knn/top1")."""
+  config = setup.config
+  if config.method == "classify":
+    def logits(p, images):
+      return setup.model.apply({"params": p}, images, None, train=False)["logits"]
+    iterator = input_pipeline.make_eval_iterator(config.data, mesh=setup.mesh,
+                                                 global_batch_size=config.eval.batch_size)
+    return classification.accuracy(logits, params, iterator)
+  encoder = features.encoder_fn(setup.model_student(), pool=config.eval.pool)
+  return {"knn/top1": knn_eval(config, setup.mesh, encoder, params["student"])}
 
 
 class StopRequest:
@@ -203,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       start_step=start, mask_fn=mask_fn(config, student.grid),
       position=input_pipeline.host_position(data_pos))
   writer = metrics_lib.Writer(workdir, start)
+  results = classification.read_results(workdir)
   progress = metrics_lib.Progress(total_steps, config.batch_size, start)
   train_step = None
   last: dict[str, float] = {}
@@ -228,9 +243,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
           _check_finite(done, scalars, mngr)
         evals = {}
         if config_lib.should_run(done, config.eval.get("every"), total_steps):
-          encoder = features.encoder_fn(student, pool=config.eval.pool)
-          evals["knn/top1"] = knn_eval(config, mesh, encoder, state.params["student"])
-          logging.info("step %d kNN top-1 %.4f", done, evals["knn/top1"])
+          evals = evaluate(setup, state.params)
+          logging.info("step %d %s", done, ", ".join(f"{k} {v:.4f}" for k, v in evals.items()))
+          results = classification.update_results(results, done, evals, resumed_from=start)
+          classification.write_results(workdir, results)
         if log_now:
           scalars.update(progress.update(done), **{"data/skipped_images": data.num_skipped()})
           if progress.compile_s is not None:
