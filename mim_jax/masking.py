@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,8 +145,7 @@ def cls_attention_importance(attn: jax.Array) -> jax.Array:
   Returns:
     float32 [B, N]: the CLS query's attention to each patch key, mean over heads.
   """
-  if attn.ndim != 4 or attn.shape[2] != attn.shape[3]:
-    raise ValueError(f"attention must be [B, H, L, L], got shape {attn.shape}")
+  chex.assert_shape(attn, (None, None, attn.shape[-1], attn.shape[-1]))  # [B, H, L, L]
   return attn[:, :, 0, 1:].astype(jnp.float32).mean(axis=1)
 
 
@@ -186,9 +186,7 @@ def block_num_masked(num_patches: int, ratio: float) -> int:
 
 
 def _check_shape(name: str, x: jax.Array, batch: int, num_patches: int) -> None:
-  if tuple(x.shape) != (batch, num_patches):
-    raise ValueError(f"{name} must have shape (batch, num_patches) = {(batch, num_patches)}, "
-                     f"got {tuple(x.shape)}")
+  chex.assert_shape(x, (batch, num_patches), custom_message=f"{name}: (batch, num_patches)")
 
 
 def make_masks(kind: str, rng: Optional[jax.Array], *, batch: int, num_patches: int,

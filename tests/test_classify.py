@@ -1,4 +1,5 @@
 """Supervised classification objective, its configs, and layer-wise lr decay."""
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -197,7 +198,7 @@ def test_layer_decay_scales_adamw_updates_and_is_off_by_default():
   reference = optax.adamw(sched, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
                           mask=optim.decay_mask)
   ref = reference.update(grads, reference.init(params), params)[0]
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), plain, ref)
+  chex.assert_trees_all_equal(plain, ref)
   decayed = updates(optim_config(layer_decay=0.65))
   scales = optim.layer_decay_scales(params, 0.65)
   jax.tree.map(lambda a, b, s: np.testing.assert_allclose(a, b * s, rtol=1e-6), decayed, plain,

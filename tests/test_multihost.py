@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -151,5 +152,4 @@ def test_two_processes_train_deterministically_and_checkpoint_once(tmp_path, bui
   step_b, state_b = restore_on_one_process(resumed, tiny_vit_teacher_dir)
   assert step_a == step_b == 4
   assert jax.device_count() == 8 and jax.process_count() == 1
-  for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(jax.device_get(state_a), jax.device_get(state_b))

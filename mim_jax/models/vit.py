@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional, Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -319,8 +320,7 @@ def inpaint(x: jax.Array, mask: jax.Array, token: jax.Array) -> jax.Array:
   A blend rather than a select so that a float mask works too; with a 0/1 mask a masked
   position keeps nothing of its patch (0 * x), which tests/test_vit_extensions.py checks.
   """
-  if mask.shape != x.shape[:2]:
-    raise ValueError(f"mask must be [B, N] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}.")
+  chex.assert_shape(mask, x.shape[:2], custom_message="mask: [B, N]")
   m = mask.astype(F32)[..., None]
   return x * (1.0 - m) + token * m
 

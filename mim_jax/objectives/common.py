@@ -1,6 +1,7 @@
 """Pieces shared by the objectives: the student from a config, target norms, regression losses."""
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -53,6 +54,7 @@ def regression_loss(pred: jax.Array, target: jax.Array, kind: str, beta: float =
   "smooth_l1": 0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (torch's convention);
   "l2"/"mse": d^2; "l1": |d|; "cosine": 1 - cos(pred, target) per token.
   """
+  chex.assert_equal_shape([pred, target])
   d = pred.astype(jnp.float32) - target
   if kind == "smooth_l1":
     a = jnp.abs(d)
