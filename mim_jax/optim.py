@@ -7,9 +7,10 @@ biases, norms, position/CLS/mask tokens, layer-scale gammas and the alignment ma
 
 Layer-wise lr decay (fine-tuning, optional `optim.layer_decay`): the update of a parameter in
 layer l of a depth-L student is scaled by decay ** (L + 1 - l), where the patch embedding, CLS and
-position embedding are layer 0, `block{i}` is layer i + 1, and everything else (final norms,
-heads) is layer L + 1 (scale 1). Scaling AdamW's final update scales its weight-decay term too,
-which is exactly a per-parameter-group lr as MAE/BEiT's fine-tuning sets it.
+position embedding are layer 0, `block{i}` (and its table `rel_pos_bias_{i}`) is layer i + 1,
+and everything else (final norms, heads, a shared table) is layer L + 1 (scale 1), as in BEiT.
+Scaling AdamW's final update scales its weight-decay term too, which is exactly a per-parameter-
+group lr as MAE/BEiT's fine-tuning sets it.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def decay_mask(params: Any) -> Any:
 
 # Leaf names that belong to the embedding, layer 0 of layer-wise decay.
 EMBEDDING_NAMES = ("patch_embed", "cls", "pos_embedding", "mask_token")
-_BLOCK = re.compile(r"^block(\d+)$")
+# Block i's parameters, and its own relative position bias table (per-layer BEiT students).
+_BLOCK = re.compile(r"^(?:block|rel_pos_bias_)(\d+)$")
 
 
 def _path_names(path) -> list[str]:

@@ -113,7 +113,7 @@ def test_configs_build(module, arg):
 
 def test_finetune_recipe_values():
   c = finetune_b16.get_config()
-  assert (c.optim.base_lr, c.optim.layer_decay, c.student.drop_path) == (3e-4, 0.65, 0.2)
+  assert (c.optim.base_lr, c.optim.layer_decay, c.student.drop_path) == (3e-4, 0.6, 0.2)
   assert (c.objective.label_smoothing, c.objective.pool, c.total_epochs) == (0.1, "avg", 100.0)
   assert finetune_b16.get_config("recipe=mae").optim.base_lr == 5e-4
 

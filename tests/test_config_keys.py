@@ -21,7 +21,8 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 
 DURATION = re.compile(r"(\w+)_(steps|epochs|examples|percent)")
 # Keys another open issue is wiring up (fine-tuning augmentation, issue 9); each must be read
 # once it lands, and then leaves this set.
-PENDING = {"finetune_b16": {"augment.randaugment", "augment.random_erasing"}}
+PENDING = {name: {"augment.randaugment", "augment.random_erasing"}
+           for name in ("finetune", "finetune_b16")}
 
 
 ASSIGNMENT = re.compile(r"^(\s*)[\w.]+(\s*,\s*[\w.]+)*\s*=(?!=)", re.M)  # `x.a, x.b = `

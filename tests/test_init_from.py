@@ -333,3 +333,28 @@ def test_maskalign_pth_keeps_the_student_and_drops_heads_and_teacher_once(tmp_pa
   assert len(dropped) == 1
   assert "clip_model.* (12 tensors)" in dropped[0] and "distill_weights" in dropped[0]
   assert dropped[0].count("clip_model") == 1
+
+
+@pytest.mark.slow
+def test_maskdistill_workdir_fine_tunes_with_its_table_per_block(tmp_path, tiny_vit_teacher_dir):
+  """A MaskDistill student (shared relative position bias, layer scale, no absolute embedding)
+  starts the fine-tune recipe: every block's table is the pretrained shared one, the rest equal."""
+  from configs import finetune, maskdistill_b16_clip_b16  # pylint: disable=import-outside-toplevel
+  c = maskdistill_b16_clip_b16.get_config("runlocal=True")
+  c.teacher.spec = tiny_vit_teacher_dir
+  c.total_steps, c.checkpoint_every, c.async_checkpoint = 2, 2, False
+  pre = train.train_and_evaluate(c, str(tmp_path / "md"))
+  want = jax.device_get(pre.state.params["student"])
+  ft = finetune.get_config("recipe=maskdistill,runlocal=True")
+  ft.init_from = str(tmp_path / "md")
+  ft.total_steps, ft.checkpoint_every, ft.async_checkpoint = 1, 1, False
+  ft.optim.lr, ft.optim.weight_decay = 0.0, 0.0
+  got = jax.device_get(train.train_and_evaluate(ft, str(tmp_path / "ft")).state.params["student"])
+  shared = want.pop("rel_pos_bias")["table"]
+  assert float(np.abs(shared).max()) > 0  # the pretraining moved it off its zero init
+  for i in range(2):
+    np.testing.assert_array_equal(got.pop(f"rel_pos_bias_{i}")["table"], shared)
+  want.pop("mask_token")  # dense inpainting's token: the classifier has none
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(x, y)
