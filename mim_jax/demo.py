@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from mim_jax import console  # noqa: E402  (importing the package sets the env defaults)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
-  from mim_jax.main import _QuietLibraries  # pylint: disable=import-outside-toplevel
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_libraries()
   run(args.workdir, args.steps)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from mim_jax import console  # noqa: E402  (importing the package sets the env defaults)
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -62,17 +62,9 @@ def _want_distributed() -> bool:
                                        "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
 
 
-class _QuietLibraries:
-  """Drops INFO lines from orbax and clu (several per checkpoint); warnings still show."""
-
-  def filter(self, record) -> bool:
-    return record.levelno > 20 or not any(
-        name in record.pathname for name in ("/orbax/", "/clu/"))
-
-
 def main(argv: list[str]) -> None:
   del argv
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_libraries()
   import jax  # pylint: disable=import-outside-toplevel
   if _want_distributed():
     jax.distributed.initialize(**_distributed_args())
