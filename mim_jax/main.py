@@ -25,6 +25,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
+                    "MEGASCALE_COORDINATOR_ADDRESS")
+
+
 class ConfigError(SystemExit):
   pass
 
@@ -55,11 +59,57 @@ def _distributed_args() -> dict[str, int]:
   return {arg: int(os.environ[env]) for arg, env in names.items() if os.environ.get(env)}
 
 
+HEARTBEAT_ENV = "MIM_JAX_HEARTBEAT_TIMEOUT_S"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+_SUPERVISED_ENV = "MIM_JAX_SUPERVISED"
+# What the distributed runtime logs (then aborts with a stack dump) when a process of the job
+# stops sending heartbeats, or this process loses the coordinator.
+_PEER_LOST = "Terminating process because the JAX distributed service detected fatal errors"
+
+
+def heartbeat_timeout_s() -> int:
+  """Seconds without heartbeats after which a process of the job counts as dead."""
+  value = os.environ.get(HEARTBEAT_ENV, str(DEFAULT_HEARTBEAT_TIMEOUT_S))
+  if not value.isdigit() or int(value) < 1:
+    raise ConfigError(f"error: {HEARTBEAT_ENV}={value!r} is not a whole number of seconds >= 1; "
+                      f"unset it for the default {DEFAULT_HEARTBEAT_TIMEOUT_S}.")
+  return int(value)
+
+
+def supervise(argv: list[str]) -> int:
+  """Runs this command in a child process and passes its output through, signals too; when the
+  distributed runtime kills the child for a lost peer, its stack dump is replaced by one line.
+  Returns the exit status."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  timeout = heartbeat_timeout_s()
+  child = subprocess.Popen([sys.executable, "-m", "mim_jax.main", *argv],
+                           env=dict(os.environ, **{_SUPERVISED_ENV: "1"}),
+                           stderr=subprocess.PIPE, text=True, errors="replace")
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda signum, _: child.send_signal(signum))
+  lost: list[str] = []
+  for line in child.stderr:
+    if lost or _PEER_LOST in line:
+      lost.append(line.split("absl::Status:", 1)[-1].strip())
+    else:
+      sys.stderr.write(line)
+      sys.stderr.flush()
+  code = child.wait()
+  if lost:
+    reason = " ".join(x for x in lost[:3] if x and not x.startswith("***"))
+    sys.stderr.write(
+        f"error: lost another process of this job or its coordinator (dead or unreachable; "
+        f"heartbeat timeout {timeout} s, ${HEARTBEAT_ENV}) [{reason[:200]}]. The checkpoints "
+        f"are intact: restart every process to resume.\n")
+    return 1
+  return code if code >= 0 else 128 - code
+
+
 def _want_distributed() -> bool:
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
-  return any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
-                                       "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+  return any(k in os.environ for k in _DISTRIBUTED_ENV)
 
 
 def main(argv: list[str]) -> None:
@@ -67,7 +117,8 @@ def main(argv: list[str]) -> None:
   console.quiet_libraries()
   import jax  # pylint: disable=import-outside-toplevel
   if _want_distributed():
-    jax.distributed.initialize(**_distributed_args())
+    jax.distributed.initialize(**_distributed_args(),
+                               heartbeat_timeout_seconds=heartbeat_timeout_s())
   from mim_jax import train  # pylint: disable=import-outside-toplevel
   logging.info("JAX %s: process %d/%d, %d local / %d global devices", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -81,8 +132,21 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {e}")
 
 
+def _distributed_in(argv: list[str]) -> bool:
+  """`_want_distributed` before absl parses the flags: the last --[no]distributed, else the
+  environment."""
+  for arg in reversed(argv):
+    if arg in ("--distributed", "--distributed=true", "--distributed=True"):
+      return True
+    if arg in ("--nodistributed", "--distributed=false", "--distributed=False"):
+      return False
+  return any(k in os.environ for k in _DISTRIBUTED_ENV)
+
+
 def run() -> None:
   check_overrides(sys.argv[1:])
+  if _distributed_in(sys.argv[1:]) and not os.environ.get(_SUPERVISED_ENV):
+    sys.exit(supervise(sys.argv[1:]))
   app.run(main)
 
 

@@ -153,3 +153,41 @@ def test_two_processes_train_deterministically_and_checkpoint_once(tmp_path, bui
   assert step_a == step_b == 4
   assert jax.device_count() == 8 and jax.process_count() == 1
   chex.assert_trees_all_equal(jax.device_get(state_a), jax.device_get(state_b))
+
+
+@pytest.mark.parametrize("victim", [1, 0])  # a worker; the coordinator
+def test_survivor_of_a_dead_peer_ends_with_one_line(tmp_path, built_digits, tiny_vit_teacher_dir,
+                                                    victim):
+  """SIGKILL one of two processes mid-training: the other ends within the heartbeat timeout
+  (+ a few seconds) with exit status 1 and one `error:` line (no runtime stack dump)."""
+  import signal
+  import time
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+             JAX_NUM_PROCESSES="2", PYTHONPATH=ROOT, MIM_JAX_HEARTBEAT_TIMEOUT_S="10")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "mim_jax.main", "--config", CONFIG, "--workdir", workdir,
+       f"--config.teacher.spec={tiny_vit_teacher_dir}", "--config.total_steps=100000",
+       "--config.checkpoint_every=100000", "--distributed"], cwd=ROOT,
+      env=dict(env, JAX_PROCESS_ID=str(i)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True, start_new_session=True) for i in range(2)]
+  try:
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (os.path.exists(metrics) and
+                                          len(open(metrics).readlines()) >= 2):
+      time.sleep(0.5)
+    os.killpg(procs[victim].pid, signal.SIGKILL)  # the whole host: supervisor and trainer
+    killed = time.time()
+    _, err = procs[1 - victim].communicate(timeout=120)
+    took = time.time() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+  assert procs[1 - victim].returncode == 1
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("error: lost another process of this job"), err[-3000:]
+  assert "Check failure stack trace" not in err and "Fatal Python error" not in err
+  assert took < 10 + 15, took
