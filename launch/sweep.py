@@ -198,6 +198,9 @@ def summarize(sweep_path: str, workdir: str) -> str:
   """Prints the sweep's table and writes summary.md and summary.png in `workdir`."""
   names = run_names(load_sweep(sweep_path))
   metric, paper = load_paper(sweep_path)
+  if not any(os.path.isdir(os.path.join(workdir, n)) for n in names):
+    raise FileNotFoundError(f"No run of {sweep_path} under {workdir}: run the sweep first "
+                            "(--run, or the --print commands) or pass its --workdir.")
   results = [final_metrics(os.path.join(workdir, n)) for n in names]
   table = summary_table(names, results, metric, paper)
   os.makedirs(workdir, exist_ok=True)
@@ -247,4 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:  # bad input: one line
+    sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}")

@@ -2,6 +2,7 @@
 import glob
 import os
 import shlex
+import subprocess
 import sys
 import types
 
@@ -205,3 +206,14 @@ def test_summarize_writes_the_table_beside_the_papers_numbers(tmp_path, capsys):
   assert "| top_k=3 | 1.75 |" in (tmp_path / "runs" / "summary.md").read_text()
   png = tmp_path / "runs" / "summary.png"
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_bad_input_is_one_error_line_before_writing(tmp_path):
+  script = os.path.join(ROOT, "launch", "sweep.py")
+  r = subprocess.run([sys.executable, script, "--sweep", TOP_K, "--workdir",
+                      str(tmp_path / "none"), "--summarize"], capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode != 0 and not (tmp_path / "none").exists()
+  assert r.stderr.strip().splitlines() == [
+      f"error: No run of {TOP_K} under {tmp_path / 'none'}: run the sweep first (--run, or the "
+      "--print commands) or pass its --workdir."]
