@@ -215,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   data = input_pipeline.make_pretrain_iterator(
       config.data, global_batch_size=config.batch_size, mesh=mesh, seed=config.seed,
       start_step=start, mask_fn=mask_fn(config, student.grid),
-      position=input_pipeline.host_position(data_pos))
+      position=input_pipeline.host_position(data_pos), augment=config.get("augment"))
   writer = metrics_lib.Writer(workdir, start)
   results = classification.read_results(workdir)
   progress = metrics_lib.Progress(total_steps, config.batch_size, start)

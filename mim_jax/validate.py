@@ -53,3 +53,4 @@ def check_batches(config: ml_collections.ConfigDict) -> None:
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   check_workdir(workdir)
   check_batches(config)
+  input_pipeline.augment_kwargs(config.get("augment"))  # a bad RandAugment spec or probability

@@ -19,10 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if not os.path.basename(p).startswith(("_", "common")))
 DURATION = re.compile(r"(\w+)_(steps|epochs|examples|percent)")
-# Keys another open issue is wiring up (fine-tuning augmentation, issue 9); each must be read
-# once it lands, and then leaves this set.
-PENDING = {name: {"augment.randaugment", "augment.random_erasing"}
-           for name in ("finetune", "finetune_b16")}
+# Keys another open issue is wiring up; each must be read once it lands, and then leaves this set.
+PENDING: dict[str, set[str]] = {}
 
 
 ASSIGNMENT = re.compile(r"^(\s*)[\w.]+(\s*,\s*[\w.]+)*\s*=(?!=)", re.M)  # `x.a, x.b = `

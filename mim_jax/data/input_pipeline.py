@@ -65,6 +65,7 @@ import tensorflow_datasets as tfds
 
 from mim_jax.data import digits
 from mim_jax.data import preprocess
+from mim_jax.data import randaugment
 
 BATCH_AXES = ("data", "fsdp")
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -365,10 +366,26 @@ def host_position(gathered: Optional[dict]) -> Optional[dict[str, int]]:
   return {"records": gathered["records"][i], "skipped": gathered["skipped"][i]}
 
 
+def augment_kwargs(augment: Optional[ml_collections.ConfigDict]) -> dict[str, Any]:
+  """`preprocess.train_op`'s fine-tuning arguments from a config's `augment` block (None: off);
+  a bad RandAugment spec raises ValueError here, before any data is read."""
+  if not augment:
+    return {}
+  kwargs = dict(randaugment=augment.randaugment or None,
+                random_erasing=float(augment.random_erasing or 0.0))
+  if kwargs["randaugment"]:
+    randaugment.parse(kwargs["randaugment"])
+  if not 0.0 <= kwargs["random_erasing"] <= 1.0:
+    raise ValueError(f"augment.random_erasing={kwargs['random_erasing']}: a probability in "
+                     f"[0, 1] (MAE's fine-tuning: 0.25).")
+  return kwargs
+
+
 def make_pretrain_iterator(config_data: ml_collections.ConfigDict, *, global_batch_size: int,
                            mesh: Mesh, seed: int, start_step: int = 0,
                            mask_fn: Optional[MaskFn] = None,
-                           position: Optional[dict[str, int]] = None) -> Pipeline:
+                           position: Optional[dict[str, int]] = None,
+                           augment: Optional[ml_collections.ConfigDict] = None) -> Pipeline:
   """Infinite stream of augmented global batches, the one of step `start_step` first.
 
   `position` (this host's `Pipeline.position()` at `start_step`, kept in the checkpoint) is
@@ -401,7 +418,8 @@ def make_pretrain_iterator(config_data: ml_collections.ConfigDict, *, global_bat
   op = preprocess.train_op(_field(config_data, "image_size"),
                            scale=tuple(_field(config_data, "crop_scale")),
                            flip=_field(config_data, "flip"),
-                           jitter=_field(config_data, "color_jitter"))
+                           jitter=_field(config_data, "color_jitter"),
+                           **augment_kwargs(augment))
   ds = _augment(ds, op, seed).batch(local_b, drop_remainder=True).prefetch(_AUTOTUNE)
   extra = _mask_extra(mask_fn, seed, local_b) if mask_fn is not None else None
   return Pipeline(_with_options(ds), mesh, global_batch_size=global_batch_size, start_pos=start,

@@ -14,9 +14,11 @@ MIM papers use), on pixels scaled to [0, 1].
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import tensorflow as tf
+
+from mim_jax.data import randaugment as augment_lib
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,22 +98,35 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tenso
 
 def train_op(size: int, *, scale: tuple[float, float] = (0.2, 1.0),
              ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True,
-             jitter: float = 0.0) -> TrainOp:
-  """Pretraining augmentation: (uint8 [H, W, 3], seed int64 [2]) -> float32 [size, size, 3].
+             jitter: float = 0.0, randaugment: Optional[str] = None,
+             random_erasing: float = 0.0) -> TrainOp:
+  """Training augmentation: (uint8 [H, W, 3], seed int64 [2]) -> float32 [size, size, 3].
 
   RandomResizedCrop(size, scale, ratio, bicubic) -> optional horizontal flip (off for digits,
-  whose mirror images are not digits) -> optional colour jitter -> ImageNet normalisation.
+  whose mirror images are not digits) -> optional colour jitter -> optional RandAugment (timm's
+  spec string, e.g. "rand-m9-mstd0.5-inc1") -> ImageNet normalisation -> optional random erasing
+  with probability `random_erasing` (pixel mode); the last two as `randaugment.py` describes.
   """
+  rand_aug = augment_lib.rand_augment(augment_lib.parse(randaugment)) if randaugment else None
+  erase = augment_lib.random_erasing(random_erasing) if random_erasing > 0 else None
 
   def op(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     crop_seed, flip_seed, jitter_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=3))
+    # Seeds of the fine-tuning ops from their own fold: the pretraining streams stay as they were.
+    ra_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, 1), num=2))
     image = random_resized_crop(image, crop_seed, size, scale, ratio)
     if flip:
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if jitter > 0:
       image = color_jitter(image, jitter_seed, jitter)
-    return normalize(image)
+    if rand_aug is not None:
+      image, _ = rand_aug(image, ra_seed)
+    image = normalize(image)
+    if erase is not None:
+      image, _ = erase(image, erase_seed)
+    return image
 
   return op
 
