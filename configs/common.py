@@ -56,6 +56,9 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
+  # A jax.profiler trace of steps [first_step, first_step + num_steps) in <workdir>/profile
+  # (TensorBoard's profile plugin; also a .trace.json.gz for Perfetto); num_steps=0: off.
+  c.profile = ml_collections.ConfigDict(dict(first_step=10, num_steps=0))
   c.async_checkpoint = True
   # kNN during training; pool: the feature of an image, "cls" token | "mean" of the patch tokens
   c.eval = ml_collections.ConfigDict(dict(every=0, knn_k=20, knn_temperature=0.07,

@@ -119,6 +119,32 @@ def evaluate(setup: step_lib.Setup, params: Any) -> dict[str, float]:
   return {"knn/top1": knn_eval(config, setup.mesh, encoder, params["student"])}
 
 
+class Trace:
+  """The `config.profile` trace: started before step `first_step` runs, stopped (after the
+  device finished) once `num_steps` steps ran, or when the loop ends. Every host writes its own."""
+
+  def __init__(self, profile: ml_collections.ConfigDict, workdir: str):
+    self.first, self.num = int(profile.first_step), int(profile.num_steps)
+    self.logdir, self.running = str(epath.Path(workdir) / "profile"), False
+
+  def before(self, step: int) -> None:
+    if self.num > 0 and step == self.first:
+      jax.profiler.start_trace(self.logdir, create_perfetto_trace=True)
+      self.running = True
+
+  def after(self, done: int, outputs: Any) -> None:
+    if self.running and done >= self.first + self.num:
+      self.stop(outputs)
+
+  def stop(self, outputs: Any = None) -> None:
+    if self.running:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self.running = False
+      logging.info("Profile of steps %d-%d written to %s", self.first + 1,
+                   self.first + self.num, self.logdir)
+
+
 class StopRequest:
   """SIGINT/SIGTERM set a flag instead of killing the loop mid-step: the loop then writes a
   checkpoint of the last finished step and returns (a second signal kills as usual).
@@ -220,6 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   results = classification.read_results(workdir)
   progress = metrics_lib.Progress(total_steps, config.batch_size, start)
   train_step = None
+  trace = Trace(config.profile, workdir)
   last: dict[str, float] = {}
   with StopRequest(enabled=jax.process_count() == 1) as stop:
     try:
@@ -227,8 +254,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
         batch = next(data)
         if train_step is None:
           train_step = step_lib.jit_train_step(setup, batch, t_sh)
+        trace.before(step)
         state, metrics = train_step(state, t_params, batch)
         done = step + 1
+        trace.after(done, metrics)
         if step == start:
           jax.block_until_ready(metrics)
           progress.first_step_done()
@@ -261,6 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
           logging.warning("Stopped at step %d; the same command resumes from it.", done)
           break
     finally:
+      trace.stop(state)
       mngr.wait_until_finished()
       writer.close()
   return Result(state=state, setup=setup, teacher_params=t_params, scalars=last)

@@ -131,3 +131,12 @@ def test_interrupt_writes_a_checkpoint_and_resumes(tmp_path, tiny_vit_teacher_di
   steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))]
   assert len(steps) == 1 and 3 <= steps[0] < 100000
   assert "the same command resumes from it" in out
+
+
+def test_profile_writes_a_trace_of_the_asked_steps(tmp_path, tiny_vit_teacher_dir):
+  config = config_for(tiny_vit_teacher_dir, 3)
+  config.profile.first_step, config.profile.num_steps = 1, 1
+  train.train_and_evaluate(config, str(tmp_path))
+  traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+  perfetto = list((tmp_path / "profile").rglob("*.trace.json.gz"))
+  assert len(traces) == 1 and len(perfetto) == 1 and traces[0].stat().st_size > 0
