@@ -239,3 +239,21 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case):
   if case == "batch":
     assert "use a multiple of 8" in last
   assert os.listdir(cwd) == [] and sorted(os.listdir(tmp_path)) == before and after_ro == []
+
+
+# --------------------------------------------------------------------------------------------
+# The long suite (not run by default; `pytest -m reliability tests/test_reliability.py`).
+# --------------------------------------------------------------------------------------------
+@pytest.mark.reliability
+@pytest.mark.slow
+def test_reliability_suite(tmp_path, tiny_vit_teacher_dir, tfds_data_dir, capsys):
+  """Every scenario of mim_jax/tools/reliability.py for real; prints its table."""
+  from mim_jax.data import digits
+  from mim_jax.tools import reliability
+  digits.ensure_built(tfds_data_dir)
+  kills = int(os.environ.get("MIM_JAX_RELIABILITY_KILLS", "10"))
+  code = reliability.main(["--teacher", tiny_vit_teacher_dir, "--out", str(tmp_path / "suite"),
+                           "--kills", str(kills)])
+  with capsys.disabled():
+    print("\n" + capsys.readouterr().out)
+  assert code == 0
