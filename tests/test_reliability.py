@@ -1,7 +1,6 @@
 """What pods do to a run: corrupt checkpoints, resumes that must not repeat or shift anything,
 bad input refused before anything is written."""
 import functools
-import glob
 import os
 import time
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from mim_jax import checkpoint as ckpt_lib
+from mim_jax.tools import reliability
 
 
 # --------------------------------------------------------------------------------------------
@@ -29,26 +29,9 @@ def _write_steps(workdir, steps):
   return os.path.join(workdir, "checkpoints")
 
 
-def _array_files(step_dir):
-  return [f for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)]
-
-
-def _truncate(step_dir):
-  for f in _array_files(step_dir):
-    with open(f, "r+b") as fh:
-      fh.truncate(os.path.getsize(f) // 2)
-
-
-def _garble(step_dir):
-  for f in _array_files(step_dir):
-    raw = bytearray(open(f, "rb").read())
-    raw[16::5] = bytes(b ^ 0xFF for b in raw[16::5])
-    open(f, "wb").write(bytes(raw))
-
-
 def _drop_metadata(step_dir):
-  os.remove(os.path.join(step_dir, "state", "_METADATA"))
-  for f in _array_files(step_dir):  # metadata gone and the arrays with it: nothing to read
+  reliability.drop_metadata(step_dir)
+  for f in reliability.array_files(step_dir):  # and the arrays: nothing left to read
     os.remove(f)
 
 
@@ -60,7 +43,7 @@ def _restore(workdir):
                                  shardings)
 
 
-@pytest.mark.parametrize("corrupt", [_truncate, _garble, _drop_metadata])
+@pytest.mark.parametrize("corrupt", [reliability.truncate, reliability.garble, _drop_metadata])
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt, caplog):
   root = _write_steps(str(tmp_path), [1, 2, 3])
   corrupt(os.path.join(root, "3"))
@@ -76,10 +59,10 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt,
 
 def test_corrupt_twice_keeps_both_aside_and_saving_goes_on(tmp_path):
   root = _write_steps(str(tmp_path), [1, 2, 3])
-  _truncate(os.path.join(root, "3"))
+  reliability.truncate(os.path.join(root, "3"))
   assert _restore(str(tmp_path))[0] == 2
   _write_steps(str(tmp_path), [3])  # the run writes step 3 again...
-  _garble(os.path.join(root, "3"))  # ...and it is corrupt again
+  reliability.garble(os.path.join(root, "3"))  # ...and it is corrupt again
   assert _restore(str(tmp_path))[0] == 2
   assert sorted(os.listdir(root)) == ["1", "2", "corrupt-3-0", "corrupt-3-1"]
 
@@ -87,7 +70,7 @@ def test_corrupt_twice_keeps_both_aside_and_saving_goes_on(tmp_path):
 def test_no_readable_checkpoint_is_one_error_and_moves_nothing(tmp_path):
   root = _write_steps(str(tmp_path), [1, 2])
   for s in ("1", "2"):
-    _truncate(os.path.join(root, s))
+    reliability.truncate(os.path.join(root, s))
   with pytest.raises(ckpt_lib.CheckpointError, match=r"step 2: .*; step 1: .*fresh --workdir"):
     _restore(str(tmp_path))
   assert sorted(os.listdir(root)) == ["1", "2"]
@@ -249,7 +232,6 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case):
 def test_reliability_suite(tmp_path, tiny_vit_teacher_dir, tfds_data_dir, capsys):
   """Every scenario of mim_jax/tools/reliability.py for real; prints its table."""
   from mim_jax.data import digits
-  from mim_jax.tools import reliability
   digits.ensure_built(tfds_data_dir)
   kills = int(os.environ.get("MIM_JAX_RELIABILITY_KILLS", "10"))
   code = reliability.main(["--teacher", tiny_vit_teacher_dir, "--out", str(tmp_path / "suite"),

@@ -165,27 +165,34 @@ def random_kills(s: Suite, kills: int) -> None:
         ok and r.returncode == 0)
 
 
-def _truncate(step_dir: str) -> None:
-  for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True):
+def array_files(step_dir: str) -> list[str]:
+  """The array data files of a checkpoint step (orbax OCDBT chunks)."""
+  return glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+
+
+def truncate(step_dir: str) -> None:
+  for f in array_files(step_dir):
     with open(f, "r+b") as fh:
       fh.truncate(os.path.getsize(f) // 2)
 
 
-def _garble(step_dir: str) -> None:
-  for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True):
-    raw = bytearray(open(f, "rb").read())
+def garble(step_dir: str) -> None:
+  for f in array_files(step_dir):
+    with open(f, "rb") as fh:
+      raw = bytearray(fh.read())
     raw[16::5] = bytes(b ^ 0xFF for b in raw[16::5])
-    open(f, "wb").write(bytes(raw))
+    with open(f, "wb") as fh:
+      fh.write(bytes(raw))
 
 
-def _no_metadata(step_dir: str) -> None:
+def drop_metadata(step_dir: str) -> None:
   os.remove(os.path.join(step_dir, "state", "_METADATA"))
 
 
 def corrupt_checkpoints(s: Suite) -> None:
   last = s.steps
-  for name, corrupt in (("truncated", _truncate), ("garbled", _garble),
-                        ("no_metadata", _no_metadata)):
+  for name, corrupt in (("truncated", truncate), ("garbled", garble),
+                        ("no_metadata", drop_metadata)):
     workdir = os.path.join(s.out, f"corrupt_{name}")
     s.run(workdir)
     corrupt(os.path.join(workdir, "checkpoints", str(last)))
