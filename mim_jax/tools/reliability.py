@@ -147,9 +147,9 @@ def random_kills(s: Suite, kills: int) -> None:
   workdir = os.path.join(s.out, "kills")
   done = 0
   for _ in range(kills):
-    # SIGKILL 1-4 logged steps after the resume point, a random fraction of a step later:
+    # SIGKILL 1-3 logged steps after the resume point, a random fraction of a step later:
     # during steps, metric writes and (every 2 steps) async checkpoint writes.
-    target = len(metrics(workdir)) + s.rng.randint(1, 4)
+    target = len(metrics(workdir)) + s.rng.randint(1, 3)
     proc = s.start(workdir)
     while proc.poll() is None and len(metrics(workdir)) < target:
       time.sleep(0.05)
