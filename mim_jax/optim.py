@@ -109,17 +109,50 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def momentum_optimizer(name: str, schedule: optax.Schedule, *, momentum: float,
+                       weight_decay: float) -> optax.GradientTransformation:
+  """LARS (MAE's linear probe: weight decay and trust ratio on kernels only) or SGD with
+  momentum (weight decay on kernels only)."""
+  if name == "lars":
+    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
+                      trust_ratio_mask=decay_mask, momentum=momentum)
+  if name == "sgd":
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                       optax.sgd(schedule, momentum=momentum))
+  raise ValueError(f"Unknown optimizer {name!r}: use 'adamw', 'lars' or 'sgd'.")
+
+
+def zero_frozen(frozen: tuple[str, ...]) -> optax.GradientTransformation:
+  """Sets the updates of the top-level parameter groups in `frozen` to zero (stateless)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    return {k: jax.tree.map(jnp.zeros_like, v) if k in frozen else v
+            for k, v in updates.items()}, state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
+  """AdamW (pretraining, fine-tuning) or LARS / SGD (`optim.momentum`; the linear probe).
+  `optim.frozen` (optional): top-level parameter groups that get no update (the linear probe's
+  encoder). Their optimizer state is still allocated (zeros that stay zeros): the state's layout
+  is traced without the parameter tree (`optax.tree_map_params`), which a per-group optimizer
+  cannot be."""
   name = optim.get("name", "adamw")
-  if name != "adamw":
-    raise ValueError(f"Unknown optimizer {name!r}: only 'adamw' is implemented.")
   chain = []
   if optim.get("clip_norm"):
     chain.append(optax.clip_by_global_norm(float(optim.clip_norm)))
-  chain.append(optax.adamw(schedule, b1=float(optim.b1), b2=float(optim.b2),
-                           eps=float(optim.get("eps", 1e-8)),
-                           weight_decay=float(optim.weight_decay), mask=decay_mask))
+  if name == "adamw":
+    chain.append(optax.adamw(schedule, b1=float(optim.b1), b2=float(optim.b2),
+                             eps=float(optim.get("eps", 1e-8)),
+                             weight_decay=float(optim.weight_decay), mask=decay_mask))
+  else:
+    chain.append(momentum_optimizer(name, schedule, momentum=float(optim.momentum),
+                                    weight_decay=float(optim.weight_decay)))
   if optim.get("layer_decay") is not None:
     chain.append(scale_by_layer_decay(float(optim.layer_decay)))
+  if optim.get("frozen"):
+    chain.append(zero_frozen(tuple(optim.frozen)))
   return optax.chain(*chain)

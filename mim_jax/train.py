@@ -109,7 +109,7 @@ def evaluate(setup: step_lib.Setup, params: Any) -> dict[str, float]:
   """The run's periodic evaluation: top-1 / top-5 of a classifier on `data.eval_split`
   ("eval/top1", "eval/top5"), else kNN top-1 of the student's features ("knn/top1")."""
   config = setup.config
-  if config.method == "classify":
+  if config.method in ("classify", "linear_probe"):
     def logits(p, images):
       return setup.model.apply({"params": p}, images, None, train=False)["logits"]
     iterator = input_pipeline.make_eval_iterator(config.data, mesh=setup.mesh,
@@ -229,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
     start, state = 0, step_lib.init_state(setup, jax.random.key(config.seed))
     if config.get("init_from"):
       state = init_student(state, shardings, config.init_from, setup.model_student())
+    if hasattr(setup.objective, "prepare_state"):  # e.g. the linear probe's feature statistics
+      state = setup.objective.prepare_state(setup, state)
   else:
     logging.info("Resumed from step %d in %s", start, mngr.directory)
 

@@ -358,3 +358,15 @@ def test_maskdistill_workdir_fine_tunes_with_its_table_per_block(tmp_path, tiny_
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_linear_probe_starts_from_the_pretrained_student(tmp_path, mae_workdir):
+  from configs import linear_probe as probe_config  # pylint: disable=import-outside-toplevel
+  c = probe_config.get_config("runlocal=True")
+  c.init_from, c.total_steps, c.async_checkpoint = mae_workdir, 1, False
+  result = train.train_and_evaluate(c, str(tmp_path / "lin"))
+  got = jax.device_get(result.state.params["student"])
+  want = pretrained_student(mae_workdir, 2)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(x, y)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mim_jax import optim
 from mim_jax.models import layers
 
 BN_EPS = 1e-6
@@ -52,21 +53,6 @@ def probe_logits(probe: LinearProbe, feats: Any) -> jax.Array:
   return jnp.dot(x, probe.kernel, precision=jax.lax.Precision.HIGHEST) + probe.bias
 
 
-def _kernel_only(params: dict) -> dict:
-  return {"kernel": True, "bias": False}
-
-
-def make_optimizer(name: str, schedule: optax.Schedule, *, momentum: float,
-                   weight_decay: float) -> optax.GradientTransformation:
-  if name == "lars":
-    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=_kernel_only,
-                      trust_ratio_mask=_kernel_only, momentum=momentum)
-  if name == "sgd":
-    return optax.chain(optax.add_decayed_weights(weight_decay, mask=_kernel_only),
-                       optax.sgd(schedule, momentum=momentum))
-  raise ValueError(f"Unknown probe optimizer {name!r}: use 'lars' or 'sgd'.")
-
-
 def _cross_entropy(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
   logits = jnp.dot(x, params["kernel"], precision=jax.lax.Precision.HIGHEST) + params["bias"]
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -84,7 +70,8 @@ def _train(x, y, key, base_lr, momentum, weight_decay, *, num_classes, epochs, b
   schedule = optax.join_schedules(
       [optax.linear_schedule(0.0, lr, max(warmup, 1)),
        optax.cosine_decay_schedule(lr, max(total - warmup, 1))], [warmup])
-  tx = make_optimizer(optimizer, schedule, momentum=momentum, weight_decay=weight_decay)
+  tx = optim.momentum_optimizer(optimizer, schedule, momentum=momentum,
+                                weight_decay=weight_decay)
   k_init, k_data = jax.random.split(key)
   params = {"kernel": layers.trunc_normal(0.01)(k_init, (d, num_classes)),
             "bias": jnp.zeros((num_classes,), jnp.float32)}

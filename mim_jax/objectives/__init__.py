@@ -19,6 +19,7 @@ METHODS = {
     "mae": "mim_jax.objectives.mae",
     "mrmae": "mim_jax.objectives.mrmae",
     "classify": "mim_jax.objectives.classify",
+    "linear_probe": "mim_jax.objectives.linear_probe",
 }
 
 
