@@ -16,6 +16,9 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.method = method
   c.seed = 0
   c.precision = "float32"  # matmul inputs: "float32" | "bfloat16" (parameters stay float32)
+  # bf16 matmuls copy their operands into the layout XLA's fast CPU kernel wants; applies only
+  # when the step is compiled for ONE CPU device (never for TPU/GPU or a sharded mesh).
+  c.cpu_matmul_layout = True
 
   # The student's options (mim_jax/models/vit.py): MAE's by default; MaskDistill / FD set BEiT's
   # (rel_pos "shared", layer_scale, weight_init "beit"), their fine-tuning rel_pos "per_layer".
@@ -26,10 +29,11 @@ def base(method: str) -> ml_collections.ConfigDict:
   # None for methods without a teacher.
   # resize_to_student: a teacher whose token grid differs from the student's runs on resized
   # images with a resized position embedding (CLIP-L/14 at 196 px under a /16 student at 224);
-  # False refuses any mismatch.
-  c.teacher = ml_collections.ConfigDict(dict(spec="clip_b16", dtype="float32",
-                                             resize_to_student=True))
+  # False refuses any mismatch. dtype: the teacher's matmul inputs and stored weights, "float32"
+  # | "bfloat16"; None follows `precision`.
+  c.teacher = ml_collections.ConfigDict(dict(spec="clip_b16", resize_to_student=True))
   c.teacher.spec = ml_collections.FieldReference("clip_b16", field_type=str)
+  c.teacher.dtype = ml_collections.FieldReference(None, field_type=str)
   c.mask = ml_collections.ConfigDict(dict(kind="attentive", ratio=0.7))
   c.objective = objectives.get(method).default_config()
 

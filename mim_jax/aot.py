@@ -57,6 +57,7 @@ from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
 from mim_jax import train
+from mim_jax.objectives import common as objective_common
 from mim_jax.teachers import checkpoint_io, clip, network, vit, zoo
 from mim_jax.teachers import teacher as teacher_lib
 
@@ -178,7 +179,7 @@ def abstract_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Tea
     raise ValueError(f"teacher grid {arch.grid}x{arch.grid} vs student grid {grid}x{grid}: set "
                      f"teacher.resize_to_student=True.")
   arch = dataclasses.replace(arch, grid=grid)
-  dtype = jnp.dtype(config.teacher.get("dtype", "float32"))
+  dtype = jnp.dtype(objective_common.teacher_dtype(config))
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
                         network.param_shapes(arch))
   preprocessor = checkpoint_io.read_preprocessor(spec) if os.path.isdir(spec) else {}

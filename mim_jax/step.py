@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from mim_jax import masking
 from mim_jax import sharding as sharding_lib
+from mim_jax.models import layers
 
 PyTree = Any
 
@@ -48,6 +49,19 @@ class Setup:
 
   def model_student(self):
     return getattr(self.model, "student", self.model)
+
+  @property
+  def target_platform(self) -> str:
+    """The platform the step is compiled for: "tpu" for a TPU topology even when JAX itself
+    runs on the CPU (ahead-of-time compilation), else "cpu" or "gpu"."""
+    return self.mesh.devices.flat[0].platform
+
+  @property
+  def cpu_matmul_layout(self) -> bool:
+    """Whether bf16 matmuls use the CPU layout copy (`layers.cpu_matmul_layout`): only for a
+    single CPU device, where no array is sharded, and only while `config.cpu_matmul_layout`."""
+    return (self.config.get("cpu_matmul_layout", True) and self.target_platform == "cpu"
+            and self.mesh.devices.size == 1)
 
   @functools.cached_property
   def state_layout(self) -> tuple["TrainState", "TrainState"]:
@@ -136,6 +150,12 @@ def teacher_forward(setup: Setup, teacher_params: PyTree, images: jax.Array) -> 
 def train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: dict
                ) -> tuple[TrainState, dict]:
   """One update. batch: {"image": [B, H, W, 3] float32, optional "mask": [B, N]}."""
+  with layers.cpu_matmul_layout(setup.cpu_matmul_layout):
+    return _train_step(setup, state, teacher_params, batch)
+
+
+def _train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: dict
+                ) -> tuple[TrainState, dict]:
   rng = jax.random.fold_in(jax.random.key(setup.config.seed), state.step)
   rng_mask, rng_drop = jax.random.split(rng)
   teacher_out = teacher_forward(setup, teacher_params, batch["image"])

@@ -25,6 +25,7 @@ from mim_jax import config as config_lib
 from mim_jax import init_from as init_from_lib
 from mim_jax import metrics as metrics_lib
 from mim_jax import objectives
+from mim_jax.objectives import common as objective_common
 from mim_jax import optim
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
@@ -47,7 +48,7 @@ def load_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Teacher
   if spec == "demo":  # the demo's own teacher, trained on first use by this same loop
     from mim_jax import demo  # pylint: disable=import-outside-toplevel
     spec = demo.ensure_teacher(runlocal=config.get("runlocal", False))
-  teacher = teachers.load(spec, dtype=config.teacher.get("dtype", "float32"))
+  teacher = teachers.load(spec, dtype=objective_common.teacher_dtype(config))
   _, patch = config_lib.decode_variant(config.student.variant)
   grid = teachers.teacher.student_grid(config.data.image_size, patch, teacher.grid)
   if grid != teacher.grid and not config.teacher.get("resize_to_student", True):

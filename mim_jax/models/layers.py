@@ -5,15 +5,24 @@ their checkpoints onto these parameter names, so there is a single attention and
 optimise and to shard.
 
 Precision: parameters are always float32. `dtype="bfloat16"` makes every matmul take bfloat16
-inputs and accumulate in float32 (`preferred_element_type`), the form XLA sends to its fast
-kernels on CPU and that TPUs run natively; the backward matmuls are bfloat16 too (custom VJP).
-Everything else (LayerNorm, softmax, residual stream) stays float32.
+inputs and accumulate in float32 (`preferred_element_type`), the form TPUs and GPUs run natively;
+the backward matmuls take bfloat16 operands too (custom VJP: autodiff would hand them the float32
+cotangent). Everything else (LayerNorm, softmax, residual stream) stays float32.
+
+Matmul layout: by default (every TPU/GPU target, and CPU meshes of several devices) a matmul is
+one plain einsum, so sharding propagation keeps every operand's sharding. Inside
+`with cpu_matmul_layout():` (entered by the train step only when it is compiled for a single CPU
+device, `Setup.cpu_matmul_layout`) bf16 operands are copied into canonical [batch, M, K] order
+first, which sends XLA's CPU backend to its fast bf16 kernel; that copy flattens arrays behind an
+optimization barrier, which would destroy a sharded axis, hence never on a mesh.
 
 Logical axis names used for sharding: batch, length, embed, heads, kv, mlp, vocab.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -28,6 +37,24 @@ F32 = jnp.float32
 # --------------------------------------------------------------------------------------------
 # Mixed-precision einsum with bfloat16 backward.
 # --------------------------------------------------------------------------------------------
+_LAYOUT = threading.local()
+
+
+@contextlib.contextmanager
+def cpu_matmul_layout(enabled: bool = True):
+  """Matmuls traced inside use the single-CPU-device layout (see the module docstring)."""
+  previous = getattr(_LAYOUT, "cpu", False)
+  _LAYOUT.cpu = enabled
+  try:
+    yield
+  finally:
+    _LAYOUT.cpu = previous
+
+
+def _cpu_layout_active() -> bool:
+  return getattr(_LAYOUT, "cpu", False)
+
+
 def _transpose_specs(spec: str) -> tuple[str, str]:
   """For 'A,B->C' returns the specs of the two cotangents: 'C,B->A' and 'C,A->B'.
 
@@ -79,24 +106,31 @@ def _canonical_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.transpose(y, [order.index(c) for c in out])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _mixed_einsum(spec: str, dtype: Dtype, a: jax.Array, b: jax.Array) -> jax.Array:
-  return _canonical_einsum(spec, a.astype(dtype), b.astype(dtype))
+def _plain_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
-def _mixed_einsum_fwd(spec, dtype, a, b):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _mixed_einsum(spec: str, dtype: Dtype, cpu_layout: bool, a: jax.Array, b: jax.Array
+                  ) -> jax.Array:
+  dot = _canonical_einsum if cpu_layout else _plain_einsum
+  return dot(spec, a.astype(dtype), b.astype(dtype))
+
+
+def _mixed_einsum_fwd(spec, dtype, cpu_layout, a, b):
   a_c, b_c = a.astype(dtype), b.astype(dtype)
-  out = _canonical_einsum(spec, a_c, b_c)
+  out = (_canonical_einsum if cpu_layout else _plain_einsum)(spec, a_c, b_c)
   # Residuals keep the original dtypes' zeros so the cotangents come back in them.
   return out, (a_c, b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
 
 
-def _mixed_einsum_bwd(spec, dtype, res, g):
+def _mixed_einsum_bwd(spec, dtype, cpu_layout, res, g):
   a_c, b_c, a_proto, b_proto = res
+  dot = _canonical_einsum if cpu_layout else _plain_einsum
   spec_a, spec_b = _transpose_specs(spec)
   g_c = g.astype(dtype)
-  da = _canonical_einsum(spec_a, g_c, b_c)
-  db = _canonical_einsum(spec_b, g_c, a_c)
+  da = dot(spec_a, g_c, b_c)
+  db = dot(spec_b, g_c, a_c)
   return da.astype(a_proto.dtype), db.astype(b_proto.dtype)
 
 
@@ -110,8 +144,8 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32) -> jax.Arr
   matmul here), so that the backward pass is two einsums of the same kind.
   """
   if jnp.dtype(dtype) == jnp.dtype(F32):
-    return jnp.einsum(spec, a, b, preferred_element_type=F32)
-  return _mixed_einsum(spec, jnp.dtype(dtype), a, b)
+    return _plain_einsum(spec, a, b)
+  return _mixed_einsum(spec, jnp.dtype(dtype), _cpu_layout_active(), a, b)
 
 
 # --------------------------------------------------------------------------------------------

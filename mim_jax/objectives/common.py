@@ -18,6 +18,15 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return jnp.dtype(name)
 
 
+def teacher_dtype(config: ml_collections.ConfigDict) -> str:
+  """The teacher's matmul (and weight storage) dtype: `teacher.dtype`, else `precision`'s."""
+  name = config.teacher.get("dtype") or compute_dtype(config).name
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"teacher.dtype must be 'float32', 'bfloat16' or None (follow precision), "
+                     f"got {name!r}.")
+  return name
+
+
 def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT:
   """The student every method builds from `config.student` (pretraining and fine-tuning alike),
   so that a fine-tune's student has the pretrained one's parameters."""
