@@ -4,7 +4,9 @@ evaluations, checkpoints) stand out; library chatter is down by default.
   set_env_defaults()   before TensorFlow is imported (mim_jax/__init__.py calls it): TensorFlow's
                        C++ INFO/WARNING lines off, and its oneDNN kernels off, which also removes
                        the oneDNN notice printed at import (the input pipeline decodes, crops and
-                       resizes; oneDNN speeds up none of that). An environment value already set
+                       resizes; oneDNN speeds up none of that); transformers' warnings off
+                       (e.g. "PyTorch was not found" in the core install, where that is
+                       expected; the export checks its loads itself). An environment value already set
                        wins, so `TF_CPP_MIN_LOG_LEVEL=0` brings everything back.
   quiet_libraries()    INFO lines of orbax, clu and TensorFlow Datasets (several per checkpoint;
                        "Downloading and preparing dataset ..." for a locally built dataset) leave
@@ -15,7 +17,8 @@ from __future__ import annotations
 import logging as py_logging
 import os
 
-ENV_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+ENV_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0",
+                "TRANSFORMERS_VERBOSITY": "error"}
 QUIET_PACKAGES = ("/orbax/", "/clu/", "/tensorflow_datasets/", "/jax/_src/xla_bridge.py")
 
 
