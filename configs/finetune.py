@@ -62,10 +62,16 @@ SCHEDULES = {
 }
 
 
-def pretraining_student(recipe: str, variant: str, runlocal: bool) -> ml_collections.ConfigDict:
-  """`config.student` of the recipe's pretraining config at this variant (and runlocal)."""
+def pretraining_student(recipe: str, variant: str, runlocal: bool, drop_path: float
+                        ) -> ml_collections.ConfigDict:
+  """`config.student` of the recipe's pretraining config at this variant (and runlocal), for a
+  run that starts from it: its own drop path, a shared relative position bias one per block."""
   module = importlib.import_module(f"configs.{PRETRAIN_CONFIG[recipe]}")
-  return module.get_config(f"variant={variant},runlocal={runlocal}").student
+  student = module.get_config(f"variant={variant},runlocal={runlocal}").student
+  student.drop_path = drop_path
+  if student.rel_pos == "shared":
+    student.rel_pos = "per_layer"
+  return student
 
 
 def get_config(arg=None):
@@ -104,8 +110,5 @@ def get_config(arg=None):
     common.shrink_for_local(c)
     c.objective.num_classes = 10
     c.eval.every = c.total_steps  # results.json at the end
-  c.student = pretraining_student(arg.recipe, arg.variant, arg.runlocal)
-  c.student.drop_path = drop_path
-  if c.student.rel_pos == "shared":
-    c.student.rel_pos = "per_layer"
+  c.student = pretraining_student(arg.recipe, arg.variant, arg.runlocal, drop_path)
   return c

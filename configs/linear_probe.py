@@ -52,8 +52,5 @@ def get_config(arg=None):
     c.objective.num_classes = 10
     c.optim.base_lr = 20.0  # LARS's trust ratio makes steps tiny on 1.5k digits
     c.eval.every = c.total_steps
-  c.student = finetune.pretraining_student(arg.recipe, arg.variant, arg.runlocal)
-  c.student.drop_path = 0.0
-  if c.student.rel_pos == "shared":
-    c.student.rel_pos = "per_layer"
+  c.student = finetune.pretraining_student(arg.recipe, arg.variant, arg.runlocal, drop_path=0.0)
   return c

@@ -99,7 +99,8 @@ def check(spec: str) -> Source:
     path, step = m.group(1), int(m.group(2))
   if not os.path.exists(path):
     raise InitFromError(f"init_from {spec!r}: no such file or directory; give a pretraining "
-                        f"workdir (optionally workdir:step).")
+                        f"workdir (optionally workdir:step), a transformers checkpoint directory "
+                        f"or a state dict file ({', '.join(TORCH_SUFFIXES)}).")
   if os.path.isdir(path) and (step is not None or os.path.isdir(_checkpoint_dir(path))):
     steps = _steps(path)
     if not steps:
