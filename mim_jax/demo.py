@@ -6,9 +6,11 @@ r"""The demo: MaskAlign on the digits dataset, end to end on a CPU in a few minu
 2. trains the demo's teacher through the same train loop (classification objective) and exports
    it in the transformers ViTModel format (cached in $MIM_JAX_CACHE, default ~/.cache/mim_jax);
 3. pretrains a MaskAlign student from that teacher (`configs/demo.py`), resuming if interrupted;
-4. prints kNN accuracy on held-out digits for a random-init student, the teacher and the
-   pretrained student, and writes PNGs: loss curves, the learned alignment matrix and CLS
-   attention maps.
+4. fine-tunes the pretrained student on the digits, and a random-init student with the same
+   budget (`configs/demo.py:get_finetune_config`);
+5. prints kNN and fine-tuned top-1 on held-out digits for the random-init student, the teacher
+   (kNN) and the pretrained student, and writes PNGs: loss curves, the learned alignment matrix
+   and CLS attention maps.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from absl import logging  # noqa: E402
 
 from mim_jax import export, plots, train  # noqa: E402
 from mim_jax.data import input_pipeline  # noqa: E402
-from mim_jax.evaluation import features  # noqa: E402
+from mim_jax.evaluation import classification, features  # noqa: E402
 from mim_jax.teachers import STUDENT_MEAN, STUDENT_STD  # noqa: E402
 
 
@@ -92,22 +94,45 @@ def write_plots(config, result: train.Result, workdir: str) -> list[str]:
   return out
 
 
+def finetune_table(workdir: str, runlocal: bool) -> dict[str, float]:
+  """Fine-tuned top-1 on the held-out digits: from a random init and from the pretrained
+  student (`workdir`), the same config and budget."""
+  from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name, spec in (("random-init student", None), ("MaskAlign student", workdir)):
+    config = demo_config.get_finetune_config("runlocal=True" if runlocal else None)
+    config.init_from = spec
+    ft_dir = os.path.join(workdir, "finetune_" + ("pretrained" if spec else "random"))
+    train.train_and_evaluate(config, ft_dir)
+    out[name] = classification.read_results(ft_dir)["final"]["eval/top1"]
+  return out
+
+
+def format_table(knn: dict[str, float], tuned: dict[str, float], config) -> str:
+  width = max(map(len, knn))
+  cell = lambda v: f"{v * 100:6.2f}%" if v is not None else "      -"
+  lines = [f"Top-1 on the {config.data.eval_split} digits: kNN (k={config.eval.knn_k}) of the "
+           f"frozen CLS features, and after fine-tuning:", "",
+           f"  {'':<{width}}  {'kNN':>7}  {'fine-tuned':>10}"]
+  lines += [f"  {name:<{width}}  {cell(acc)}  {cell(tuned.get(name)):>10}"
+            for name, acc in knn.items()]
+  return "\n".join(lines)
+
+
 def run(workdir: str, steps: int | None = None, runlocal: bool = False) -> dict[str, float]:
+  """Returns {"<row> kNN": top-1, "<row> fine-tuned": top-1}."""
   from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
   arg = "runlocal=True" if runlocal else (f"steps={steps}" if steps else None)
   config = demo_config.get_config(arg)
   if runlocal:
     config.teacher.spec = "demo"
   result = train.train_and_evaluate(config, workdir)
-  table = knn_table(config, result)
+  knn = knn_table(config, result)
   pngs = write_plots(config, result, workdir)
-  width = max(map(len, table))
-  lines = [f"kNN top-1 (k={config.eval.knn_k}) on {config.data.eval_split} digits, features "
-           f"of the frozen encoder's CLS token:", ""]
-  lines += [f"  {name:<{width}}  {acc * 100:6.2f}%" for name, acc in table.items()]
-  lines += ["", "Plots: " + ", ".join(pngs)]
-  print("\n".join(lines), flush=True)
-  return table
+  tuned = finetune_table(workdir, runlocal)
+  print(format_table(knn, tuned, config) + "\n\nPlots: " + ", ".join(pngs), flush=True)
+  return {**{f"{k} kNN": v for k, v in knn.items()},
+          **{f"{k} fine-tuned": v for k, v in tuned.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,9 +14,12 @@ def test_demo_runlocal(tmp_path, monkeypatch, capsys):
   table = demo.run(str(tmp_path / "run"), runlocal=True)
   teacher_dir = tmp_path / "cache" / "demo_teacher_local"
   assert (teacher_dir / "model.safetensors").exists() and (teacher_dir / "config.json").exists()
-  assert len(table) == 3 and all(0.0 <= v <= 1.0 for v in table.values())
+  assert len(table) == 5 and all(0.0 <= v <= 1.0 for v in table.values())
+  assert {"random-init student fine-tuned", "MaskAlign student fine-tuned"} <= set(table)
   printed = capsys.readouterr().out
-  assert "kNN top-1" in printed and "MaskAlign student" in printed
+  assert "kNN" in printed and "fine-tuned" in printed and "MaskAlign student" in printed
+  for run in ("finetune_random", "finetune_pretrained"):
+    assert (tmp_path / "run" / run / "results.json").exists()
   for name in ("loss_curves.png", "alignment_matrix.png", "cls_attention.png"):
     with Image.open(tmp_path / "run" / name) as im:
       assert im.size[0] > 100 and im.size[1] > 100
