@@ -224,6 +224,20 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case):
   assert os.listdir(cwd) == [] and sorted(os.listdir(tmp_path)) == before and after_ro == []
 
 
+@pytest.mark.slow
+def test_random_kills_leave_one_record_per_step_and_the_straight_state(
+    tmp_path, tiny_vit_teacher_dir, tfds_data_dir, capsys):
+  """3 real SIGKILLs of `python -m mim_jax.main` at random moments, each resumed: the final
+  checkpoint equals the straight run's bit for bit, metrics.jsonl has one record per step."""
+  from mim_jax.data import digits
+  digits.ensure_built(tfds_data_dir)
+  code = reliability.main(["--teacher", tiny_vit_teacher_dir, "--out", str(tmp_path / "k"),
+                           "--only", "kills", "--kills", "3", "--steps", "8"])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert "| kills | 0 SIGKILLs" not in out  # at least one kill happened
+
+
 # --------------------------------------------------------------------------------------------
 # The long suite (not run by default; `pytest -m reliability tests/test_reliability.py`).
 # --------------------------------------------------------------------------------------------
