@@ -333,3 +333,31 @@ def test_cli_on_a_two_step_run(tmp_path, tiny_vit_teacher_dir):
     np.testing.assert_allclose(
         saved["measures"]["student"]["attention_distance"][i],
         attention.average_attention_distance(aux["attn"][i], (4, 4)).mean(0), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_hessian_of_a_fine_tune_workdir(tmp_path):
+  """A fine-tune workdir: the loss is the classification loss of the eval images, its Hessian's
+  eigenvalues and trace are reported."""
+  from configs import finetune_b16
+  from mim_jax import train
+  from mim_jax.analysis import cli
+  from mim_jax.data import input_pipeline
+  from mim_jax.objectives import classify
+
+  config = finetune_b16.get_config("runlocal=True")
+  config.total_steps, config.async_checkpoint = 2, False
+  workdir = str(tmp_path / "ft")
+  result = train.train_and_evaluate(config, workdir)
+  report = cli.main(["--workdir", workdir, "--out", str(tmp_path / "a"), "--batch_size", "16",
+                     "--hessian", "--hessian_iters", "5", "--landscape_points", "3",
+                     "--trace_samples", "4"])
+  h = report["hessian"]
+  assert h["loss"].startswith("classification") and np.isfinite(h["trace"])
+  assert len(h["eigenvalues"]) == 2
+  batch = next(iter(input_pipeline.make_eval_iterator(config.data, global_batch_size=16,
+                                                      mesh=result.setup.mesh)))
+  out = result.setup.model.apply({"params": result.state.params}, batch["image"], None,
+                                 train=False)
+  want = float(classify.loss_fn(out, None, None, batch, config)[0])
+  assert h["loss_at_params"] == pytest.approx(want, rel=1e-5)

@@ -10,7 +10,10 @@ Writes to `--out` (default `<workdir>/analysis`):
   token_spectrum.png, image_spectrum.png   relative log singular values, one curve per layer
   fourier.png, fourier_high.png            relative log amplitude per frequency / at the highest
   cls_attention.png, query_attention.png   maps of the last layer / of chosen queries per layer
-  landscape.png          (--hessian) pretraining loss along the top-2 Hessian eigenvectors
+  landscape.png          (--hessian) the run's loss along the top-2 Hessian eigenvectors
+`--hessian` also reports the Hessian trace (Hutchinson, `--trace_samples` Rademacher vectors).
+The loss is the run's own objective on the batch: the pretraining loss of a pretraining run, the
+classification loss (labels of the eval images) of a fine-tune or linear-probe workdir.
 `--teacher` measures the run's frozen teacher on the same images and draws it beside the student.
 The logic lives in the pure functions of `mim_jax.analysis`; this file only wires them up.
 """
@@ -68,8 +71,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--num_maps", type=int, default=4, help="Images shown in the CLS maps.")
   p.add_argument("--teacher", action="store_true", help="Measure the teacher too.")
   p.add_argument("--hessian", action="store_true",
-                 help="Top-2 Hessian eigenvalues of the pretraining loss and the landscape.")
+                 help="Top-2 Hessian eigenvalues and trace of the run's loss, the landscape.")
   p.add_argument("--hessian_iters", type=int, default=50)
+  p.add_argument("--trace_samples", type=int, default=16)
   p.add_argument("--landscape_points", type=int, default=11)
   p.add_argument("--landscape_radius", type=float, default=1.0)
   p.add_argument("--filter_norm", action="store_true", help="Filter-normalise the directions.")
@@ -215,18 +219,28 @@ def _jsonable(results: dict[str, dict]) -> dict:
 
 def landscape(setup: step_lib.Setup, state: step_lib.TrainState, t_params: Any, batch: dict,
               args: argparse.Namespace, out: str) -> dict:
-  """Top-2 eigenvalues of the pretraining loss, its surface along their vectors, the PNG."""
-  rng_mask, rng_vec = jax.random.split(jax.random.key(args.seed))
+  """Top-2 eigenvalues and the trace of the run's loss, its surface along the eigenvectors, the
+  PNG."""
+  rng_mask, rng_vec, rng_trace = jax.random.split(jax.random.key(args.seed), 3)
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
     loss_fn = pretraining_loss(setup, t_params, batch, rng_mask)
     land = hessian.eigen_landscape(loss_fn, state.params, rng_vec, radius=args.landscape_radius,
                                    num_points=args.landscape_points, filter_norm=args.filter_norm,
                                    max_iters=args.hessian_iters)
+    trace = float(hessian.hutchinson_trace(loss_fn, state.params, rng_trace,
+                                           num_samples=args.trace_samples))
     loss0 = float(jax.jit(loss_fn)(state.params))
   plots.plot_landscape(land.alphas, land.betas, land.surface, os.path.join(out, "landscape.png"))
-  return {"eigenvalues": land.eigenvalues.tolist(), "steps": land.alphas.tolist(),
+  return {"eigenvalues": land.eigenvalues.tolist(), "trace": trace,
+          "trace_samples": args.trace_samples, "steps": land.alphas.tolist(),
           "surface": land.surface.tolist(), "filter_norm": args.filter_norm,
-          "loss_at_params": loss0}
+          "loss": config_loss_name(setup.config), "loss_at_params": loss0}
+
+
+def config_loss_name(config: ml_collections.ConfigDict) -> str:
+  if config.method in ("classify", "linear_probe"):
+    return "classification (label-smoothed cross-entropy on the eval images' labels)"
+  return f"{config.method} pretraining objective"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
