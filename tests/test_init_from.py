@@ -1,4 +1,5 @@
 """init_from: a fine-tune starts from another run's student, strictly, or stops in one line."""
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,9 @@ def test_finetune_starts_from_the_pretrained_student(tmp_path, mae_workdir, step
   feats_got = student.apply({"params": got}, images, None)[0]
   feats_want = student.apply({"params": want}, images, None)[0]
   np.testing.assert_allclose(feats_got, feats_want, atol=1e-6)
+  # and the run measured its top-1 on the held-out digits
+  results = json.load(open(tmp_path / "ft" / "results.json"))
+  assert results["step"] == 1 and 0.0 <= results["final"]["eval/top1"] <= 1.0
 
 
 def test_position_embedding_is_resized_bicubically():
