@@ -300,9 +300,42 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
   lines.append("")
   tight = " (under 10% left for the runtime and fragmentation: tight)" if need > 0.9 * hbm else ""
   lines.append(f"OK: fits, {need / hbm:.0%} of HBM{tight}" if fits else
-               f"OUT OF MEMORY: needs {need:.2f} GiB of {hbm:g} GiB per device; shard more "
-               f"(--config.mesh.fsdp), lower --config.batch_size, or use "
-               f"--config.precision=bfloat16 / --config.teacher.dtype=bfloat16.")
+               f"OUT OF MEMORY: needs {need:.2f} GiB of {hbm:g} GiB per device.")
+  if not fits:
+    lines += ["", "Levers, largest first where activations dominate (temporaries "
+              f"{m.temp / GIB:.2f} GiB, arguments {m.argument / GIB:.2f} GiB):"]
+    lines += [f"  {lever}" for lever in levers(config, result.mesh_shape, m)]
+  return "\n".join(lines), fits
+
+
+def levers(config: ml_collections.ConfigDict, mesh_shape: dict[str, int],
+           m: Optional[Memory] = None) -> list[str]:
+  """What would lower the per-device memory of this step, from the config and the memory (None
+  when the compiler refused the step before reporting it)."""
+  out = []
+  if config.student.get("remat", "none") in ("none", "dots"):
+    out.append("--config.student.remat=full (recompute each block in the backward pass: "
+               "activations of one block instead of all)")
+  per_device = config.batch_size // max(mesh_shape["data"] * mesh_shape["fsdp"], 1)
+  if per_device > 1:
+    out.append(f"--config.batch_size={config.batch_size // 2} ({per_device // 2} per device)")
+  if m is None or m.argument > m.temp / 4:
+    out.append(f"--config.mesh.fsdp={mesh_shape['fsdp'] * 2} (shard parameters and optimizer "
+               f"state over more devices; now {mesh_shape['fsdp']})")
+  if config.get("precision", "float32") == "float32":
+    out.append("--config.precision=bfloat16 (bf16 matmul inputs; the teacher in bf16 too)")
+  return out
+
+
+def describe(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> str:
+  """The line printed before compiling: what is compiled for what."""
+  mesh = dict(zip(sharding_lib.MESH_AXES, sharding_lib.mesh_shape(dict(config.mesh),
+                                                                  len(devices))))
+  per_device = config.batch_size // max(mesh["data"] * mesh["fsdp"], 1)
+  return (f"compiling the {config.method} step for {devices[0].device_kind} x {len(devices)}: "
+          f"mesh {mesh}, {per_device} images per device (global {config.batch_size}), "
+          f"precision {config.get('precision', 'float32')}, remat "
+          f"{config.student.get('remat', 'none')}")
   return "\n".join(lines), fits
 
 
@@ -316,14 +349,19 @@ def _main(argv: Sequence[str]) -> None:
   try:
     devices = (cpu_devices(f.devices) if f.platform == "cpu" else tpu_devices(f.topology))
     hbm = f.hbm_gib if f.hbm_gib is not None else hbm_gib(devices)
+    print(describe(f.config, devices), flush=True)
     result = compile_step(f.config, devices)
   except (ImportError, ValueError, FileNotFoundError) as e:  # bad input: one line, status 2
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except CompilerOutOfMemory as e:
     limit = f"{hbm:g} GiB" if hbm else "the memory"
+    mesh = dict(zip(sharding_lib.MESH_AXES, sharding_lib.mesh_shape(dict(f.config.mesh),
+                                                                    len(devices))))
+    advice = "\n".join(f"  {lever}" for lever in levers(f.config, mesh))
     print(f"{devices[0].device_kind} x {len(devices)} devices\n\nOUT OF MEMORY: the compiler could "
-          f"not fit the step into {limit} per device:\n{str(e)[:2000]}", flush=True)
+          f"not fit the step into {limit} per device:\n{str(e)[:2000]}\n\nLevers:\n{advice}",
+          flush=True)
     sys.exit(1)
   text, fits = report(result, devices, hbm)
   print(text, flush=True)

@@ -41,12 +41,22 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"Mesh {dict(spec)} does not divide {num_devices} devices.")
+      raise ValueError(f"Mesh {dict(spec)} does not divide {num_devices} devices; "
+                       f"{_fitting(num_devices, sizes[2])}.")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"but {num_devices} are available.")
+                     f"but {num_devices} are available; {_fitting(num_devices, sizes[2])}.")
   return tuple(sizes)
+
+
+def _fitting(num_devices: int, model: int) -> str:
+  """What would fit: the fsdp values that divide the devices with data=-1."""
+  model = model if model > 0 and num_devices % model == 0 else 1
+  rest = num_devices // model
+  fsdp = [f for f in range(1, rest + 1) if rest % f == 0]
+  return (f"with data=-1 and model={model}, fsdp may be any of {fsdp}" if len(fsdp) <= 16 else
+          f"with data=-1 and model={model}, fsdp must divide {rest}")
 
 
 def make_mesh(spec: Optional[Mapping[str, int]] = None,

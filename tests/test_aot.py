@@ -61,6 +61,10 @@ def test_cpu_mesh_compiles_the_maskalign_step_and_reports_memory(tiny_vit_teache
   assert fits and "OK: fits" in text and "total" in text
   text, fits = aot.report(replicated, devices, hbm=1e-6)
   assert not fits and "OUT OF MEMORY" in text
+  # The levers that would help, from this config: remat, a smaller batch, more fsdp (the
+  # arguments are a large part of this tiny step).
+  assert "--config.student.remat=full" in text and "--config.batch_size=8 (1 per device)" in text
+  assert "--config.mesh.fsdp=2" in text
 
 
 def test_argument_memory_is_the_shards_of_state_teacher_and_batch(tiny_vit_teacher_dir):
@@ -88,6 +92,8 @@ def test_command_line_exits_non_zero_when_out_of_memory(tiny_vit_teacher_dir):
        "--hbm_gib=1e-6"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
   assert "cpu x 4 devices" in r.stdout and "OUT OF MEMORY" in r.stdout
+  assert ("compiling the maskalign step for cpu x 4: mesh {'data': 4, 'fsdp': 1, 'model': 1}, "
+          "4 images per device (global 16), precision float32, remat none") in r.stdout
   r = subprocess.run([sys.executable, "-m", "mim_jax.aot", "--config",
                       "configs/maskalign_b16_clip_b16.py", "--topology", "v5e-256"],
                      capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -116,3 +122,11 @@ def test_tpu_compiler_refusing_the_step_is_out_of_memory(tiny_vit_teacher_dir):
 def test_bad_topology_names_the_format():
   with pytest.raises(ValueError, match="v5e:16x16"):
     aot.tpu_devices("v5e-256")
+
+
+def test_a_mesh_that_does_not_fit_names_the_fsdp_values_that_would():
+  from mim_jax import sharding  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match=r"fsdp may be any of \[1, 2, 4, 8\]"):
+    sharding.mesh_shape({"data": -1, "fsdp": 3}, 8)
+  with pytest.raises(ValueError, match=r"model=2, fsdp may be any of \[1, 2, 4, 8\]"):
+    sharding.mesh_shape({"data": 2, "fsdp": 2, "model": 2}, 16)

@@ -32,7 +32,7 @@ def mrmae_config(**obj):
   c.update(obj)
   return ml_collections.ConfigDict(dict(
       student=dict(variant="nano/4", drop_path=0.0, posemb="sincos", rel_pos="none",
-                   layer_scale=None, weight_init="mae"), objective=c,
+                   layer_scale=None, weight_init="mae", remat="none"), objective=c,
       mask=dict(kind="random", ratio=0.5), data=dict(image_size=8), precision="float32"))
 
 

@@ -75,3 +75,4 @@ def test_all_gather_parser():
          "  %y = f32[24,32]{1,0} add(f32[24,32]{1,0} %a, f32[24,32]{1,0} %b)\n")
   assert all_gather_shapes(hlo) == [(24, 17, 32), (32, 96)]
   assert activation_gathers(hlo, 24) == [(24, 17, 32)]
+

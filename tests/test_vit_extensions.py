@@ -1,5 +1,6 @@
 """Student ViT options: dense inpainting, relative position bias, layer scale, BEiT init,
 mid-depth mask tokens."""
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -246,3 +247,26 @@ def test_mid_depth_is_checked(images):
   model = micro()
   with pytest.raises(ValueError, match="mid_depth"):
     init(model, images, mid_mask=jnp.zeros((2, 16)), mid_depth=4)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
+def test_remat_changes_memory_not_numbers(remat):
+  """Every remat policy gives the plain student's loss and gradients (same parameter tree). (The
+  memory it saves is measured where it is meant to work: tests/test_sharding_hlo.py, TPU.)"""
+  kw = dict(patch=4, width=32, depth=3, num_heads=2, mlp_dim=64, image_size=16)
+  plain, rematted = ViT(**kw), ViT(remat=remat, **kw)
+  x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+  params = plain.init(jax.random.key(1), x)["params"]
+
+  def loss(model):
+    return jax.value_and_grad(lambda p: jnp.mean(model.apply({"params": p}, x)[0] ** 2))
+
+  (l0, g0), (l1, g1) = loss(plain)(params), loss(rematted)(params)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  chex.assert_trees_all_close(g1, g0, rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_remat_is_refused():
+  with pytest.raises(ValueError, match="Unknown remat 'some'"):
+    ViT(patch=4, width=32, depth=1, num_heads=2, mlp_dim=64, image_size=16, remat="some").init(
+        jax.random.key(0), jnp.zeros((1, 16, 16, 3)))

@@ -359,6 +359,30 @@ def patchify(images: jax.Array, patch: int) -> jax.Array:
   return x.reshape(b, gh * gw, patch * patch * c)
 
 
+# Rematerialisation of a block's activations in the backward pass (`student.remat`): what each
+# block keeps from its forward pass. "none": everything (no recomputation); "full": nothing but
+# its input (the whole block runs again); "dots": the matmul outputs; "dots_no_batch": matmul
+# outputs without a batch dimension (weights-only products: in a ViT nearly nothing, so close to
+# "full"); "offload": those moved to host memory (TPU/GPU).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+}
+
+
+def block_class(remat: str = "none") -> type:
+  """`Block`, or `Block` under `nn.remat` with the named policy (same parameters, same
+  numbers; activations traded for recomputation)."""
+  if remat == "none":
+    return Block
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"Unknown remat {remat!r}: use 'none' or one of {sorted(REMAT_POLICIES)}.")
+  # static: `deterministic` and `return_probs` (argument 0 is the module).
+  return nn.remat(Block, policy=REMAT_POLICIES[remat], static_argnums=(3, 4))
+
+
 class PatchEmbed(nn.Module):
   """Conv with stride = kernel = patch, as a matmul on flattened (p, q, c) patches.
 

@@ -132,6 +132,7 @@ class ViT(nn.Module):
     weight_init: "mae" (xavier-uniform kernels, normal(0.02) tokens) | "beit" (trunc_normal(0.02)
       for every kernel, patch embedding and token; the attention output and fc2 kernels of
       block i divided by sqrt(2 (i + 1))). Not called `init`: that is nn.Module.init.
+    remat: what each block keeps for the backward pass, `layers.REMAT_POLICIES` or "none".
   """
   patch: int
   width: int
@@ -145,6 +146,7 @@ class ViT(nn.Module):
   dtype: Any = F32
   rel_pos: str = "none"
   weight_init: str = "mae"
+  remat: str = "none"
 
   @classmethod
   def from_variant(cls, variant: str, **kwargs) -> "ViT":
@@ -295,10 +297,10 @@ class ViT(nn.Module):
         block_bias = _add_bias(block_bias, RelativePositionBias(
             self.grid, self.num_heads, name=f"rel_pos_bias_{i}")(positions))
       rate = self.drop_path * i / max(self.depth - 1, 1)  # linear stochastic-depth decay
-      x, probs = layers.Block(self.num_heads, self.mlp_dim, drop_path=rate,
-                              layer_scale=self.layer_scale, dtype=self.dtype,
-                              name=f"block{i}", **self._block_inits(i))(
-                                  x, block_bias, not train, i in wanted)
+      block = layers.block_class(self.remat)(
+          self.num_heads, self.mlp_dim, drop_path=rate, layer_scale=self.layer_scale,
+          dtype=self.dtype, name=f"block{i}", **self._block_inits(i))
+      x, probs = block(x, block_bias, not train, i in wanted)
       blocks.append(x)
       if i in wanted:
         attn[i] = probs
