@@ -85,10 +85,15 @@ def _checkpoint_dir(workdir: str) -> str:
 
 
 def _steps(workdir: str) -> list[int]:
-  d = _checkpoint_dir(workdir)
-  if not os.path.isdir(d):
+  d = epath.Path(_checkpoint_dir(workdir))
+  if not d.is_dir():
     return []
-  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a saved step (then a run resumes from it, not from init_from)."""
+  return bool(_steps(workdir))
 
 
 def check(spec: str) -> Source:
@@ -227,7 +232,7 @@ def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vi
   def put(ours, theirs, fn=lambda x: x):
     if theirs in w:
       value = fn(take(theirs))
-      shape = np.shape(template[ours]) if ours in template else None
+      shape = tuple(template[ours].shape) if ours in template else None
       if shape is not None and value.shape != shape and value.size == int(np.prod(shape)) \
           and not ours.endswith("pos_embedding"):
         value = value.reshape(shape)  # [3*H*Dh] -> [3, H, Dh] and the like
@@ -317,6 +322,9 @@ def _fit(name: str, value: np.ndarray, shape: tuple[int, ...], source: Source) -
 def resize_pos_embedding(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   """[(1,) extra + n*n, D] -> [(1,) extra + m*m, D], bicubic on the grid (torch's kernel); the
   extra (CLS) row is kept."""
+  if value.shape[-1] != shape[-1]:
+    raise InitFromError(f"position embedding has shape {value.shape}, the student needs "
+                        f"{tuple(shape)}; use a source with the student's width.")
   n_src, n_dst = value.shape[-2], shape[-2]
   rows = value.reshape(n_src, value.shape[-1])
   for extra in (1, 0):
@@ -338,7 +346,7 @@ def merge(student: Mapping[str, Any], weights: Mapping[str, np.ndarray], source:
   if missing:
     raise InitFromError(f"init_from {source.describe()}: the source lacks {len(missing)} student "
                         f"tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}.")
-  out = {k: _fit(k, np.asarray(weights[k]), np.shape(v), source).astype(np.asarray(v).dtype)
+  out = {k: _fit(k, np.asarray(weights[k]), tuple(v.shape), source).astype(v.dtype)
          if hasattr(v, "dtype") else weights[k] for k, v in flat.items()}
   unused = sorted(k for k in weights if k not in flat)
   return traverse_util.unflatten_dict(out, sep="/"), unused
@@ -358,8 +366,8 @@ def summarize(names: list[str], most: int = 3) -> list[str]:
 
 
 def load_student(spec: str, student: Mapping[str, Any], vit: Any) -> dict[str, Any]:
-  """The student parameters (host numpy, same tree as `student`) of the ViT module `vit`,
-  initialised from `spec`."""
+  """The student parameters (host numpy, same tree as `student`: arrays or ShapeDtypeStructs,
+  whose shapes and dtypes are used) of the ViT module `vit`, initialised from `spec`."""
   source = check(spec)
   weights, dropped = read(source, student, vit)
   tree, unused = merge(student, weights, source)

@@ -187,12 +187,22 @@ def _check_finite(step: int, scalars: dict, mngr) -> None:
                              f"learning rate or check the data, then resume from it.")
 
 
-def init_student(state: step_lib.TrainState, shardings: step_lib.TrainState, spec: str,
-                 vit: Any) -> step_lib.TrainState:
-  """`state` with params["student"] taken from `spec` (see `mim_jax.init_from`), placed with the
-  state's own shardings; the optimizer state is untouched (fresh)."""
-  student = jax.device_get(state.params["student"])
-  loaded = init_from_lib.load_student(spec, student, vit)
+def load_init_from(config: ml_collections.ConfigDict, setup: step_lib.Setup, workdir: str
+                   ) -> Optional[dict]:
+  """The student weights of `config.init_from` (host numpy), or None (no init_from, or the
+  workdir resumes). Read and mapped before anything is written: a shape that cannot be mapped or
+  a missing tensor stops the run in one line."""
+  if not config.get("init_from") or init_from_lib.has_checkpoint(workdir):
+    return None
+  abstract, _ = step_lib.state_shardings(setup)
+  return init_from_lib.load_student(config.init_from, abstract.params["student"],
+                                    setup.model_student())
+
+
+def init_student(state: step_lib.TrainState, shardings: step_lib.TrainState, loaded: dict
+                 ) -> step_lib.TrainState:
+  """`state` with params["student"] = `loaded` (see `load_init_from`), placed with the state's
+  own shardings; the optimizer state is untouched (fresh)."""
   placed = jax.device_put(loaded, shardings.params["student"])
   return state.replace(params=dict(state.params, student=placed))
 
@@ -216,11 +226,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
     init_from_lib.check(config.init_from)  # a bad source, too
   mesh = sharding_lib.make_mesh(config.mesh)
   total_steps, warmup_steps = durations(config, input_pipeline.num_examples(config.data))
+  setup = make_setup(config, teacher, mesh, total_steps, warmup_steps)
+  loaded = load_init_from(config, setup, workdir)
   # epath: a local directory or a gs:// one (a pod's hosts share no disk), as orbax's own paths.
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-  setup = make_setup(config, teacher, mesh, total_steps, warmup_steps)
 
   mngr = ckpt_lib.manager(workdir, keep=config.keep_checkpoints,
                           asynchronous=config.async_checkpoint)
@@ -228,8 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   start, state, data_pos = ckpt_lib.restore_latest(mngr, abstract, shardings)
   if state is None:
     start, state = 0, step_lib.init_state(setup, jax.random.key(config.seed))
-    if config.get("init_from"):
-      state = init_student(state, shardings, config.init_from, setup.model_student())
+    if loaded is not None:
+      state = init_student(state, shardings, loaded)
     if hasattr(setup.objective, "prepare_state"):  # e.g. the linear probe's feature statistics
       state = setup.objective.prepare_state(setup, state)
   else:

@@ -85,7 +85,11 @@ def test_missing_tensor_and_bad_shape_are_named():
 
 def test_bad_init_from_fails_in_one_line_before_writing(tmp_path, mae_workdir):
   workdir = tmp_path / "never"
-  for spec, words in [("/no/such/dir", "no such file"), (f"{mae_workdir}:7", "no checkpoint at step 7")]:
+  from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
+  wide = str(tmp_path / "vit_wide.safetensors")  # width 48: not the nano student's 32
+  save_file(random_timm_sd(d=48, m=96), wide)
+  for spec, words in [("/no/such/dir", "no such file"), (f"{mae_workdir}:7", "no checkpoint at step 7"),
+                      (wide, "has shape")]:
     r = subprocess.run(
         [sys.executable, "-m", "mim_jax.main", "--config", "configs/finetune_b16.py:runlocal=True",
          "--workdir", str(workdir), f"--config.init_from={spec}"], capture_output=True, text=True,
