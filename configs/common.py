@@ -56,6 +56,9 @@ def base(method: str) -> ml_collections.ConfigDict:
       weight_decay=0.05, schedule="cosine"))
   c.optim.lr = ml_collections.FieldReference(None, field_type=float)  # overrides base_lr
   c.optim.clip_norm = ml_collections.FieldReference(None, field_type=float)
+  # Gradients as the mean over this many micro-batches of batch_size / accumulate_steps, one at a
+  # time inside the step (the same update, with the activations of one micro-batch).
+  c.optim.accumulate_steps = 1
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
 

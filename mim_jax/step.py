@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mim_jax import masking
 from mim_jax import sharding as sharding_lib
@@ -154,19 +154,54 @@ def train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: d
     return _train_step(setup, state, teacher_params, batch)
 
 
-def _train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: dict
-                ) -> tuple[TrainState, dict]:
-  rng = jax.random.fold_in(jax.random.key(setup.config.seed), state.step)
+def _loss_and_grads(setup: Setup, params: PyTree, teacher_params: PyTree, batch: dict,
+                    rng: jax.Array) -> tuple[tuple[jax.Array, dict], PyTree]:
+  """((loss, metrics), grads) of one (micro-)batch: teacher, masks, student, objective."""
   rng_mask, rng_drop = jax.random.split(rng)
   teacher_out = teacher_forward(setup, teacher_params, batch["image"])
   masks = compute_masks(setup, rng_mask, batch, teacher_out)
 
-  def loss_of(params):
-    out = setup.model.apply({"params": params}, batch["image"], masks, train=True,
+  def loss_of(p):
+    out = setup.model.apply({"params": p}, batch["image"], masks, train=True,
                             rngs={"dropout": rng_drop})
     return setup.objective.loss_fn(out, teacher_out, masks, batch, setup.config)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  return jax.value_and_grad(loss_of, has_aux=True)(params)
+
+
+def micro_batches(batch: dict, k: int, mesh: Mesh) -> dict:
+  """[B, ...] -> [k, B / k, ...]: micro-batch i holds examples i, i + k, i + 2k, ..., so each
+  device's rows split evenly over the micro-batches and no example moves between devices."""
+  def split(x):
+    y = jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+    spec = P(None, sharding_lib.BATCH_AXES, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+  return jax.tree.map(split, batch)
+
+
+def accumulate_steps(config) -> int:
+  return int(config.optim.get("accumulate_steps", 1))
+
+
+def _train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: dict
+                ) -> tuple[TrainState, dict]:
+  rng = jax.random.fold_in(jax.random.key(setup.config.seed), state.step)
+  k = accumulate_steps(setup.config)
+  if k == 1:
+    (loss, metrics), grads = _loss_and_grads(setup, state.params, teacher_params, batch, rng)
+  else:  # the mean over k micro-batches, one at a time: activations of B / k examples live
+    def body(total, xs):
+      i, micro = xs
+      out = _loss_and_grads(setup, state.params, teacher_params, micro,
+                            jax.random.fold_in(rng, i))
+      return jax.tree.map(lambda a, b: a + (b / k).astype(a.dtype), total, out), None
+
+    micro = micro_batches(batch, k, setup.mesh)
+    zeros = jax.eval_shape(functools.partial(_loss_and_grads, setup), state.params,
+                           teacher_params, jax.tree.map(lambda x: x[0], micro), rng)
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, jnp.result_type(s.dtype, jnp.float32)), zeros)
+    (loss, metrics), grads = jax.lax.scan(body, zeros, (jnp.arange(k), micro))[0]
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, loss=loss, lr=setup.schedule(state.step),

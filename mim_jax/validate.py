@@ -48,6 +48,12 @@ def check_batches(config: ml_collections.ConfigDict) -> None:
       input_pipeline.local_batch_size(size, mesh)
     except ValueError as e:
       raise ValueError(f"--config.{name}={size}: {e}") from None
+  k = int(config.optim.get("accumulate_steps", 1))
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if k < 1 or config.batch_size % (k * shards):
+    raise ValueError(f"--config.optim.accumulate_steps={k}: the batch of {config.batch_size} "
+                     f"must split into {k} micro-batches over {shards} batch shards; choose a "
+                     f"divisor of {config.batch_size // shards} (examples per shard).")
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:

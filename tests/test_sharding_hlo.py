@@ -76,3 +76,13 @@ def test_all_gather_parser():
   assert all_gather_shapes(hlo) == [(24, 17, 32), (32, 96)]
   assert activation_gathers(hlo, 24) == [(24, 17, 32)]
 
+
+
+def test_accumulating_step_gathers_no_activations(tiny_vit_teacher_dir):
+  """optim.accumulate_steps=2: the micro-batches are strided views of each device's rows, so
+  neither the batch (40) nor a micro-batch (20) is ever gathered."""
+  config = config_for(tiny_vit_teacher_dir, "bfloat16", data=2, fsdp=4)
+  config.batch_size, config.optim.accumulate_steps = 40, 2
+  hlo = aot.compile_step(config, aot.cpu_devices(8)).compiled.as_text()
+  assert not activation_gathers(hlo, 40) and not activation_gathers(hlo, 20)
+  assert "while" in hlo  # the micro-batches run one after another

@@ -122,3 +122,34 @@ def test_grid_mismatch(tiny_dino_l8_teacher_dir):
   config.data.image_size = 18  # not a multiple of the student's patch
   with pytest.raises(ValueError, match=r"teacher grid 4x4 vs student grid"):
     train.load_teacher(config)
+
+
+def test_accumulated_micro_batches_give_the_one_batch_update(tiny_vit_teacher_dir):
+  """optim.accumulate_steps=4 on a (2, 4) mesh: the same loss and parameters as one batch of the
+  same 32 examples, within float noise. MaskDistill with its masks in the batch (a fixed number
+  per image) and drop path off, so nothing random depends on the micro-batching."""
+  from configs import maskdistill_b16_clip_b16  # pylint: disable=import-outside-toplevel
+  results = {}
+  for k in (1, 4):
+    config = maskdistill_b16_clip_b16.get_config("runlocal=True")
+    config.teacher.spec = tiny_vit_teacher_dir
+    config.batch_size, config.optim.lr, config.student.drop_path = 32, 1e-3, 0.0
+    config.optim.accumulate_steps = k
+    teacher = train.load_teacher(config)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    setup = train.make_setup(config, teacher, mesh, total_steps=20, warmup_steps=0)
+    state = step_lib.init_state(setup, jax.random.key(0))
+    t_sh = train.teacher_shardings(teacher, mesh)
+    rng = np.random.default_rng(0)
+    n = setup.num_patches
+    masks = np.zeros((32, n), np.uint8)
+    for row in masks:
+      row[rng.permutation(n)[: n // 2]] = 1
+    images = rng.normal(size=(32, config.data.image_size, config.data.image_size, 3))
+    batch = {"image": jax.device_put(images.astype(np.float32), sharding.batch_sharding(mesh, 4)),
+             "mask": jax.device_put(masks, sharding.batch_sharding(mesh, 2))}
+    fn = step_lib.jit_train_step(setup, batch, t_sh)
+    results[k] = jax.device_get(fn(state, jax.device_put(teacher.params, t_sh), batch))
+  (s1, m1), (s4, m4) = results[1], results[4]
+  np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+  chex.assert_trees_all_close(s4.params, s1.params, rtol=1e-4, atol=1e-6)
