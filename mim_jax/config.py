@@ -33,8 +33,51 @@ SIZES: dict[str, Size] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvSize:
+  """A hybrid (ConvMAE "ConvViT") size: two masked-convolution stages at 1/4 and 1/8, then
+  `depths[2]` transformer blocks at 1/16 of width `widths[2]` (`mim_jax.models.convvit`)."""
+  widths: tuple[int, int, int]
+  depths: tuple[int, int, int]
+  heads: int
+  mlp_ratio: int = 4
+
+  @property
+  def transformer(self) -> Size:
+    return Size(width=self.widths[2], depth=self.depths[2], heads=self.heads,
+                mlp_dim=self.mlp_ratio * self.widths[2])
+
+
+# Hybrid sizes, variant "Conv<size>/16": base from ConvMAE's public code
+# (models_convmae.py `convmae_convvit_base_patch16`); "nano" is a test/demo size. The total
+# stride of the stem is 4 * 2 * 2 = 16, the only patch a hybrid variant may name.
+CONV_PREFIX = "Conv"
+CONV_PATCH = 16
+CONV_SIZES: dict[str, ConvSize] = {
+    "nano": ConvSize(widths=(8, 16, 32), depths=(1, 1, 2), heads=2),
+    "B": ConvSize(widths=(256, 384, 768), depths=(2, 2, 11), heads=12),
+}
+
+
+def is_hybrid(variant: str) -> bool:
+  """Whether `variant` names a hybrid convolution-transformer student ("ConvB/16")."""
+  return variant.startswith(CONV_PREFIX)
+
+
+def decode_conv_variant(variant: str) -> ConvSize:
+  """'ConvB/16' -> ConvSize((256, 384, 768), (2, 2, 11), 12)."""
+  name, sep, patch = variant[len(CONV_PREFIX):].partition("/")
+  if not is_hybrid(variant) or not sep or name not in CONV_SIZES or patch != str(CONV_PATCH):
+    raise ValueError(f"Bad hybrid variant {variant!r}: expected '{CONV_PREFIX}<size>/"
+                     f"{CONV_PATCH}' with size in {list(CONV_SIZES)}, e.g. 'ConvB/16'.")
+  return CONV_SIZES[name]
+
+
 def decode_variant(variant: str) -> tuple[Size, int]:
-  """'B/16' -> (Size(768, 12, 12, 3072), 16)."""
+  """'B/16' -> (Size(768, 12, 12, 3072), 16); a hybrid 'ConvB/16' -> (its transformer
+  stage's Size(768, 11, 12, 3072), 16), the patch being the stem's total stride."""
+  if is_hybrid(variant):
+    return decode_conv_variant(variant).transformer, CONV_PATCH
   name, sep, patch = variant.partition("/")
   if not sep or name not in SIZES or not patch.isdigit():
     raise ValueError(f"Bad ViT variant {variant!r}: expected '<size>/<patch>' with size in "

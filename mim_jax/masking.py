@@ -232,3 +232,33 @@ def make_masks(kind: str, rng: Optional[jax.Array], *, batch: int, num_patches: 
   if num_masked is None:
     num_masked = block_num_masked(num_patches, ratio)
   return masks_from_binary(binary, num_masked)
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-scale masks for hybrid (convolution + transformer) students.
+# --------------------------------------------------------------------------------------------
+def visible_from_ids(ids_keep: jax.Array, num_patches: int) -> jax.Array:
+  """float32 [B, N], 1 = visible: the patches listed in `ids_keep` [B, n] (any kind of mask,
+  since every kind yields `ids_keep`)."""
+  b, n = ids_keep.shape
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, n))
+  return jnp.zeros((b, num_patches), jnp.float32).at[rows, ids_keep].set(1.0)
+
+
+def upsample_mask(mask: jax.Array, grid: tuple[int, int], factor: int) -> jax.Array:
+  """A mask on the coarse grid, [B, gh * gw] row-major, to the grid `factor` times finer,
+  [B, gh f * gw f] row-major: every coarse patch's value is copied to its f x f children.
+  Static shapes (a reshape and two repeats)."""
+  gh, gw = grid
+  chex.assert_shape(mask, (None, gh * gw), custom_message="mask: [B, gh * gw]")
+  m = mask.reshape(mask.shape[0], gh, gw)
+  m = jnp.repeat(jnp.repeat(m, factor, axis=1), factor, axis=2)
+  return m.reshape(mask.shape[0], gh * factor * gw * factor)
+
+
+def multiscale_masks(mask: jax.Array, grid: tuple[int, int], factors: tuple[int, ...] = (4, 2)
+                     ) -> tuple[jax.Array, ...]:
+  """ConvMAE's multi-scale masking: one mask at the 1/16 grid [B, N] shared by the finer stages
+  (factor 4: the 1/4 grid, factor 2: the 1/8 grid), so a patch hidden from the transformer is
+  hidden from every convolution too. Returns one [B, N f^2] mask per factor."""
+  return tuple(upsample_mask(mask, grid, f) for f in factors)

@@ -7,10 +7,11 @@ biases, norms, position/CLS/mask tokens, layer-scale gammas and the alignment ma
 
 Layer-wise lr decay (fine-tuning, optional `optim.layer_decay`): the update of a parameter in
 layer l of a depth-L student is scaled by decay ** (L + 1 - l), where the patch embedding, CLS and
-position embedding are layer 0, `block{i}` (and its table `rel_pos_bias_{i}`) is layer i + 1,
-and everything else (final norms, heads, a shared table) is layer L + 1 (scale 1), as in BEiT.
-Scaling AdamW's final update scales its weight-decay term too, which is exactly a per-parameter-
-group lr as MAE/BEiT's fine-tuning sets it.
+position embedding (and a hybrid student's convolution stages) are layer 0, `block{i}` (and its
+table `rel_pos_bias_{i}`) is layer i + 1, and everything else (final norms, heads, a shared
+table) is layer L + 1 (scale 1), as in BEiT. Scaling AdamW's final update scales its
+weight-decay term too, which is exactly a per-parameter-group lr as MAE/BEiT's fine-tuning sets
+it.
 """
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ def decay_mask(params: Any) -> Any:
 EMBEDDING_NAMES = ("patch_embed", "cls", "pos_embedding", "mask_token")
 # Block i's parameters, and its own relative position bias table (per-layer BEiT students).
 _BLOCK = re.compile(r"^(?:block|rel_pos_bias_)(\d+)$")
+# A hybrid student's stem: its patch embeddings and convolution stages are layer 0 too
+# (ConvMAE's util/lr_decay.py; mim_jax/models/convvit.py).
+_STEM = re.compile(r"^(?:patch_embed\d+|conv\d+_block\d+)$")
 
 
 def _path_names(path) -> list[str]:
@@ -76,7 +80,7 @@ def layer_id(names: list[str], depth: int) -> int:
     match = _BLOCK.match(name)
     if match:
       return int(match.group(1)) + 1
-  if any(name in EMBEDDING_NAMES for name in names):
+  if any(name in EMBEDDING_NAMES or _STEM.match(name) for name in names):
     return 0
   return depth + 1
 

@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mim_jax import config as config_lib
 from mim_jax.models import layers
+from mim_jax.models.convvit import ConvViT
 from mim_jax.models.vit import ViT
 
 
@@ -27,10 +29,17 @@ def teacher_dtype(config: ml_collections.ConfigDict) -> str:
   return name
 
 
-def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT:
+def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvViT:
   """The student every method builds from `config.student` (pretraining and fine-tuning alike),
-  so that a fine-tune's student has the pretrained one's parameters."""
+  so that a fine-tune's student has the pretrained one's parameters. A hybrid variant
+  ("ConvB/16") builds `ConvViT`, with `student.stage_skips` (its pretraining-only skips)."""
   s = config.student
+  if config_lib.is_hybrid(s.variant):
+    kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
+                  stage_skips=bool(s.get("stage_skips", False)), remat=s.remat,
+                  dtype=compute_dtype(config))
+    kwargs.update(overrides)
+    return ConvViT.from_variant(s.variant, **kwargs)
   kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
                 rel_pos=s.rel_pos, layer_scale=s.layer_scale, weight_init=s.weight_init,
                 remat=s.remat, dtype=compute_dtype(config))

@@ -1,0 +1,155 @@
+"""The hybrid ConvMAE student: multi-scale masks, no leak through the convolutions, the output
+contract, parameter counts, layer decay groups and sharding names."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mim_jax import config as config_lib
+from mim_jax import masking, optim
+from mim_jax.models.convvit import ConvViT
+
+
+def param_count(model, image_size):
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
+  return sum(int(np.prod(s.shape)) for s in jax.tree.leaves(nn.unbox(shapes)))
+
+
+def random_params(model, images, ids_keep=None, seed=0):
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), images, ids_keep))["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
+def test_multiscale_masks_cover_exactly_the_children():
+  g = 3
+  ids_keep = jnp.asarray([[0, 4, 8], [2, 3, 7]], jnp.int32)
+  visible = masking.visible_from_ids(ids_keep, g * g)
+  np.testing.assert_array_equal(visible.sum(1), [3, 3])
+  m8, m4 = (np.asarray(m) for m in masking.multiscale_masks(visible, (g, g), (2, 4)))
+  coarse = np.asarray(visible).reshape(2, g, g)
+  for f, fine in ((2, m8), (4, m4)):
+    assert fine.shape == (2, (g * f) ** 2)
+    grid = fine.reshape(2, g * f, g * f)
+    for b in range(2):
+      for r in range(g * f):
+        for c in range(g * f):
+          assert grid[b, r, c] == coarse[b, r // f, c // f]
+    np.testing.assert_array_equal(fine.sum(1), f * f * coarse.reshape(2, -1).sum(1))
+
+
+def test_masked_pixels_do_not_reach_the_visible_tokens():
+  """Two images that differ only inside masked 1/16 patches give identical encoder outputs (the
+  pretraining form, stage skips included); the full forward of the same pair does differ at
+  visible tokens (the convolutions mix neighbours), so the test can see a leak."""
+  model = ConvViT.from_variant("Convnano/16", image_size=64, stage_skips=True)
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
+  masks = masking.random_masks(jax.random.key(3), 2, 16, 0.75)
+  pixel_mask = np.asarray(masking.upsample_mask(masks.mask, (4, 4), 16)).reshape(2, 64, 64, 1)
+  b = np.where(pixel_mask > 0, rng.normal(size=a.shape) * 5, a).astype(np.float32)
+  params = random_params(model, jnp.asarray(a), masks.ids_keep)
+
+  @jax.jit
+  def forward(x, ids):
+    out, aux = model.apply({"params": params}, x, ids, attn_layers=(-1,))
+    return out, aux["blocks"]
+
+  out_a, blocks_a = forward(a, masks.ids_keep)
+  out_b, blocks_b = forward(b, masks.ids_keep)
+  assert out_a.shape == (2, 1 + 4, 32)
+  np.testing.assert_allclose(out_a, out_b, atol=1e-5, rtol=0)
+  for x, y in zip(blocks_a, blocks_b):
+    np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+  full_a, _ = model.apply({"params": params}, jnp.asarray(a))
+  full_b, _ = model.apply({"params": params}, jnp.asarray(b))
+  visible_a = np.take_along_axis(np.asarray(full_a[:, 1:]), np.asarray(masks.ids_keep)[..., None],
+                                 axis=1)
+  visible_b = np.take_along_axis(np.asarray(full_b[:, 1:]), np.asarray(masks.ids_keep)[..., None],
+                                 axis=1)
+  assert np.abs(visible_a - visible_b).max() > 1e-2
+
+
+def test_output_contract_mean_token_and_attention():
+  model = ConvViT.from_variant("Convnano/16", image_size=32)
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  params = random_params(model, images)
+  out, aux = model.apply({"params": params}, images, attn_layers=(0, -1), fuse=(0, 1))
+  assert out.shape == (2, 5, 32) and len(aux["blocks"]) == 2
+  fused = aux["blocks"][0] + aux["blocks"][1]  # token 0 of each is its mean: sums stay means
+  np.testing.assert_allclose(fused[:, 0], fused[:, 1:].mean(1), atol=1e-5)
+  x = np.asarray(fused, np.float64)
+  ln = params["norm"]
+  expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(out, expected * ln["scale"] + ln["bias"], atol=1e-4)
+  attn = aux["attn"][1]
+  assert set(aux["attn"]) == {0, 1} and attn.shape == (2, 2, 5, 5)
+  np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(attn[..., 0], 0.0)
+  np.testing.assert_allclose(attn[:, :, 0, 1:], attn[:, :, 1:, 1:].mean(2), atol=1e-6)
+
+
+def test_base_parameter_count_matches_convmae():
+  """ConvMAE-B: 88M parameters (ConvMAE README / paper Table 1, MR-MAE Table 1 "CViT-B 88").
+  Counted from the shapes alone (jax.eval_shape: nothing materialised). The exact figures follow
+  from ConvMAE's modules (models_convmae.py, vision_transformer.py): stem convs + LN, 2 CBlocks
+  of 256, 2 of 384, 11 ViT blocks of 768, patch_embed4, final norm (84,455,296); the pretraining
+  encoder adds the two stage-skip convs (256*768*16 + 768 and 384*768*4 + 768): 88,782,208,
+  the published 88M. The fine-tuning model (models_convvit.py, global pool) instead has a
+  learned pos_embed (196 x 768), fc_norm in place of norm and a 1000-class head: 85,374,824
+  (the published column rounds every base model of that table to 88M, MAE's 86.6M ViT-B too)."""
+  def cblock(c):
+    return 4 * c + 2 * (c * c + c) + 25 * c + c + 2 * (4 * c * c) + 4 * c + c
+  stem = (4 * 4 * 3 * 256 + 256 + 512) + (2 * 2 * 256 * 384 + 384 + 768) + (
+      2 * 2 * 384 * 768 + 768 + 1536)
+  vit_block = 4 * 768 + (768 * 3 * 768 + 3 * 768) + (768 * 768 + 768) + 2 * 768 * 3072 + 3072 + 768
+  backbone = (stem + 2 * cblock(256) + 2 * cblock(384) + 11 * vit_block + (768 * 768 + 768) +
+              2 * 768)
+  assert backbone == 84_455_296
+  model = ConvViT.from_variant("ConvB/16")
+  assert param_count(model, 224) == backbone
+  pretrain = param_count(model.clone(stage_skips=True), 224)
+  assert pretrain == backbone + (256 * 768 * 16 + 768) + (384 * 768 * 4 + 768) == 88_782_208
+  assert int(pretrain / 1e6) == 88
+  finetune = backbone + 196 * 768 + 1000 * 768 + 1000  # + pos_embed + head (fc_norm = norm)
+  assert finetune == 85_374_824
+
+
+def test_every_hybrid_size_is_pinned():
+  pinned = {"nano": 33_728, "B": 84_455_296}
+  assert set(pinned) == set(config_lib.CONV_SIZES)
+  for name, count in pinned.items():
+    assert param_count(ConvViT.from_variant(f"Conv{name}/16", image_size=32), 32) == count
+
+
+def test_variants_decode_and_refuse():
+  size, patch = config_lib.decode_variant("ConvB/16")
+  assert (size.width, size.depth, size.heads, size.mlp_dim, patch) == (768, 11, 12, 3072, 16)
+  assert config_lib.decode_variant("B/16") == (config_lib.SIZES["B"], 16)
+  for bad in ("ConvB/8", "ConvX/16", "Conv/16"):
+    with pytest.raises(ValueError, match="Bad hybrid variant"):
+      config_lib.decode_variant(bad)
+
+
+def test_layer_decay_puts_the_conv_stages_at_layer_zero():
+  model = ConvViT.from_variant("Convnano/16", image_size=32)
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  scales = optim.layer_decay_scales(shapes["params"], 0.5)  # depth 2: layers 0..3
+  assert scales["conv1_block0"]["attn"]["kernel"] == 0.5 ** 3
+  assert scales["conv2_block0"]["fc1"]["kernel"] == 0.5 ** 3
+  assert scales["patch_embed1"]["proj"]["kernel"] == 0.5 ** 3
+  assert scales["patch_embed4"]["kernel"] == 0.5 ** 3
+  assert scales["block0"]["attn"]["qkv_kernel"] == 0.5 ** 2
+  assert scales["block1"]["mlp"]["fc1"]["kernel"] == 0.5
+  assert scales["norm"]["scale"] == 1.0
+
+
+def test_every_parameter_has_logical_names():
+  model = ConvViT.from_variant("Convnano/16", image_size=32, stage_skips=True,
+                               posemb="learned")
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+  for x in leaves:
+    assert len(x.names) == x.value.ndim and any(x.names), x.names
