@@ -24,8 +24,11 @@ def base(method: str) -> ml_collections.ConfigDict:
   # (rel_pos "shared", layer_scale, weight_init "beit"), their fine-tuning rel_pos "per_layer".
   # remat: what each block keeps for the backward pass (layers.REMAT_POLICIES): "none" |
   # "full" | "dots" | "dots_no_batch" | "offload" (TPU/GPU); the memory lever for big students.
+  # scan: the blocks under nn.scan (compile time flat in depth; parameters stacked on a leading
+  # "layers" axis, converted by init_from and export; no robust-MAE mid-depth tokens).
   c.student = ml_collections.ConfigDict(dict(variant="B/16", drop_path=0.1, posemb="sincos",
-                                             rel_pos="none", weight_init="mae", remat="none"))
+                                             rel_pos="none", weight_init="mae", remat="none",
+                                             scan=False))
   c.student.layer_scale = ml_collections.FieldReference(None, field_type=float)
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
   # None for methods without a teacher.

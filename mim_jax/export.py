@@ -47,6 +47,7 @@ import jax
 import numpy as np
 
 from mim_jax.models import layers
+from mim_jax.models import vit as vit_lib
 from mim_jax.models.vit import ViT
 
 Params = Mapping[str, Any]
@@ -72,11 +73,12 @@ PRETRAINING_ONLY = ("mask_token", "mid_mask_token")
 
 
 def _unwrap(params: Params) -> Params:
-  """Drops a {"params": ...} wrapper and flax's partitioning boxes."""
+  """Drops a {"params": ...} wrapper and flax's partitioning boxes; a scanned student's stacked
+  blocks are unstacked to `block{i}` (exports are always in the unscanned layout)."""
   params = nn.meta.unbox(params)
   if set(params) == {"params"}:
-    return params["params"]
-  return params
+    params = params["params"]
+  return vit_lib.unstack_blocks(dict(params))
 
 
 def conv_weight(kernel: Any) -> np.ndarray:
@@ -398,7 +400,8 @@ class ExportError(ValueError):
 
 def _reference(params: Params, vit: ViT, head: Optional[Params], x: np.ndarray) -> np.ndarray:
   """The student's final-norm tokens [B, 1 + N, D], or with a CLS head its logits [B, C]."""
-  out, _ = vit.apply({"params": _unwrap(params)}, x, train=False)
+  plain = vit.clone(scan=False) if getattr(vit, "scan", False) else vit  # block{i} layout
+  out, _ = plain.apply({"params": _unwrap(params)}, x, train=False)
   out = np.asarray(out, np.float64)
   if head is None:
     return out

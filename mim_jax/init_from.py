@@ -146,8 +146,8 @@ def _read_workdir(source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
   if "student" not in params:
     raise InitFromError(f"init_from {source.describe()}: its params hold no 'student' "
                         f"(found {sorted(params or restored)}).")
-  flat = {"/".join(k): np.asarray(v) for k, v in
-          traverse_util.flatten_dict(params["student"]).items()}
+  student = vit_lib.unstack_blocks(dict(params["student"]))  # a scanned run's stack: block{i}
+  flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(student).items()}
   dropped = [f"params/{k}" for k in params if k != "student"] + [
       k for k in restored if k not in ("params", "step")]
   return flat, dropped
@@ -367,10 +367,16 @@ def summarize(names: list[str], most: int = 3) -> list[str]:
 
 def load_student(spec: str, student: Mapping[str, Any], vit: Any) -> dict[str, Any]:
   """The student parameters (host numpy, same tree as `student`: arrays or ShapeDtypeStructs,
-  whose shapes and dtypes are used) of the ViT module `vit`, initialised from `spec`."""
+  whose shapes and dtypes are used) of the ViT module `vit`, initialised from `spec`.
+
+  Sources are read in the unscanned `block{i}` layout; a scanned student (`student.scan`) gets
+  them stacked (`models.vit.stack_blocks`) at the end, so any source fills either student."""
   source = check(spec)
-  weights, dropped = read(source, student, vit)
-  tree, unused = merge(student, weights, source)
+  template = vit_lib.unstack_blocks(dict(student))
+  weights, dropped = read(source, template, vit)
+  tree, unused = merge(template, weights, source)
+  if vit_lib.SCANNED in student:
+    tree = vit_lib.stack_blocks(tree, vit.depth)
   logging.info("init_from: loaded %d student tensors from %s", len(weights) - len(unused),
                source.describe())
   if unused or dropped:

@@ -9,7 +9,8 @@ Layer-wise lr decay (fine-tuning, optional `optim.layer_decay`): the update of a
 layer l of a depth-L student is scaled by decay ** (L + 1 - l), where the patch embedding, CLS and
 position embedding (and a hybrid student's convolution stages) are layer 0, `block{i}` (and its
 table `rel_pos_bias_{i}`) is layer i + 1, and everything else (final norms, heads, a shared
-table) is layer L + 1 (scale 1), as in BEiT. Scaling AdamW's final update scales its
+table) is layer L + 1 (scale 1), as in BEiT. A scanned student's stacked blocks (`layers/...`,
+leading [depth] axis) get one scale per row. Scaling AdamW's final update scales its
 weight-decay term too, which is exactly a per-parameter-group lr as MAE/BEiT's fine-tuning sets
 it.
 """
@@ -21,7 +22,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+
+from mim_jax.models import vit as vit_lib
 
 
 def peak_lr(optim: ml_collections.ConfigDict, global_batch: int) -> float:
@@ -86,16 +90,25 @@ def layer_id(names: list[str], depth: int) -> int:
 
 
 def layer_decay_scales(params: Any, decay: float) -> Any:
-  """A tree like `params` of python floats decay ** (depth + 1 - layer_id).
+  """A tree like `params` of python floats decay ** (depth + 1 - layer_id); for the stacked
+  blocks of a scanned student, float32 arrays [depth, 1, ...] (block i's scale in row i).
 
-  depth = the number of distinct `block{i}` indices in the tree: meant for a tree with one
-  encoder (fine-tuning), not for one with decoder blocks too.
+  depth = the number of distinct `block{i}` indices in the tree, or the stack's length: meant
+  for a tree with one encoder (fine-tuning), not for one with decoder blocks too.
   """
-  paths = [_path_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  paths = [_path_names(p) for p, _ in leaves]
   blocks = {int(m.group(1)) for names in paths for n in names for m in [_BLOCK.match(n)] if m}
-  depth = len(blocks)
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: float(decay) ** (depth + 1 - layer_id(_path_names(p), depth)), params)
+  stacked = [np.shape(x)[0] for names, (_, x) in zip(paths, leaves) if vit_lib.SCANNED in names]
+  depth = len(blocks) + (stacked[0] if stacked else 0)
+
+  def scale(path, x):
+    names = _path_names(path)
+    if vit_lib.SCANNED in names:  # rows are blocks 0..depth-1, layers 1..depth
+      rows = float(decay) ** (depth - np.arange(depth, dtype=np.float32))
+      return rows.reshape((depth,) + (1,) * (np.ndim(x) - 1))
+    return float(decay) ** (depth + 1 - layer_id(names, depth))
+  return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:

@@ -233,11 +233,27 @@ def activation(name: str) -> Callable:
   return ACTIVATIONS[name]
 
 
-def drop_path(rate: float) -> nn.Dropout:
+def drop_path(rate: Any) -> nn.Module:
   """Stochastic depth on [B, L, D]: drops the whole residual branch per example (one draw per
   example, broadcast over tokens and channels; kept ones scaled by 1 / (1 - rate); rng stream
-  'dropout')."""
+  'dropout'). `rate` may be a traced scalar (a scanned stack's per-layer rate)."""
+  if isinstance(rate, jax.Array):
+    return TracedDropPath(rate)
   return nn.Dropout(rate, broadcast_dims=(1, 2))
+
+
+class TracedDropPath(nn.Module):
+  """`nn.Dropout(rate, broadcast_dims=(1, 2))` for a traced rate (no Python test on it)."""
+  rate: jax.Array
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if deterministic:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0], 1, 1))
+    return jax.lax.select(jnp.broadcast_to(mask, x.shape), x / keep.astype(x.dtype),
+                          jnp.zeros_like(x))
 
 
 class Attention(nn.Module):

@@ -106,6 +106,22 @@ class RelativePositionBias(nn.Module):
     return table[per_example].transpose(0, 3, 1, 2)
 
 
+def block_inits(weight_init: str, i: Any) -> dict:
+  """Kernel initialisers of block i (0-based; a traced index under scan); empty for MAE (the
+  layers' xavier defaults)."""
+  if weight_init != "beit":
+    return {}
+  # BEiT divides the two kernels that write into the residual stream by sqrt(2 * layer_id),
+  # layer_id counted from 1, so the stream's variance grows slowly with depth.
+  plain = layers.trunc_normal(BEIT_STD)
+  if isinstance(i, int):
+    rescaled = layers.trunc_normal(BEIT_STD / np.sqrt(2.0 * (i + 1)))
+  else:
+    rescaled = lambda key, shape, dtype=F32: plain(key, shape, dtype) * jax.lax.rsqrt(
+        2.0 * (i + 1.0)).astype(dtype)
+  return dict(qkv_init=plain, fc1_init=plain, out_init=rescaled, fc2_init=rescaled)
+
+
 def unshare_relative_position_bias(params: dict, depth: int) -> dict:
   """Shared-table params -> per-layer-table params (BEiT's start of fine-tuning): every block's
   table `rel_pos_bias_{i}` starts as a copy of the shared `rel_pos_bias`. Other entries kept."""
@@ -133,6 +149,14 @@ class ViT(nn.Module):
       for every kernel, patch embedding and token; the attention output and fc2 kernels of
       block i divided by sqrt(2 (i + 1))). Not called `init`: that is nn.Module.init.
     remat: what each block keeps for the backward pass, `layers.REMAT_POLICIES` or "none".
+    scan: run the blocks under `nn.scan` (one block compiled once, looped `depth` times: compile
+      time and program size stop growing with depth). The blocks' parameters are then stacked,
+      `layers/block/...` (and `layers/rel_pos_bias/table` for per-layer tables) with a leading
+      [depth] axis named "layers"; `unstack_blocks` / `stack_blocks` convert to and from the
+      `block{i}` layout, which init_from and export use. Per-block outputs come back as the
+      scan's outputs (`aux["blocks"]` unchanged); asking for attention of any layer returns it
+      for all layers inside the scan (costly: analysis-sized batches only). Robust MAE's
+      mid-depth tokens change the sequence inside the stack and are refused.
   """
   patch: int
   width: int
@@ -147,6 +171,7 @@ class ViT(nn.Module):
   rel_pos: str = "none"
   weight_init: str = "mae"
   remat: str = "none"
+  scan: bool = False
 
   @classmethod
   def from_variant(cls, variant: str, **kwargs) -> "ViT":
@@ -193,16 +218,6 @@ class ViT(nn.Module):
   def _token(self, name: str) -> jax.Array:
     return self.param(name, layers.partitioned(self._token_init(), (None, None, "embed")),
                       (1, 1, self.width), F32)
-
-  def _block_inits(self, i: int) -> dict:
-    """Kernel initialisers of block i (0-based); empty for MAE (the layers' xavier defaults)."""
-    if self.weight_init != "beit":
-      return {}
-    # BEiT divides the two kernels that write into the residual stream by sqrt(2 * layer_id),
-    # layer_id counted from 1, so the stream's variance grows slowly with depth.
-    rescaled = layers.trunc_normal(BEIT_STD / np.sqrt(2.0 * (i + 1)))
-    plain = layers.trunc_normal(BEIT_STD)
-    return dict(qkv_init=plain, fc1_init=plain, out_init=rescaled, fc2_init=rescaled)
 
   # ---- forward ------------------------------------------------------------------------------
   @nn.compact
@@ -281,6 +296,12 @@ class ViT(nn.Module):
       mid_depth, mid_fn: before block `mid_depth`, `(x, positions) = mid_fn(x, positions)`.
       fuse: blocks summed before the final norm (see `__call__`); () = the last block.
     """
+    if self.scan:
+      if mid_fn is not None:
+        raise ValueError("student.scan=True cannot insert robust MAE's mid-depth tokens (the "
+                         "sequence changes inside the scanned stack); set student.scan=False.")
+      return self._encode_scanned(x, train=train, attn_layers=attn_layers, bias=bias,
+                                  positions=positions, fuse=fuse)
     blocks, attn = [], {}
     wanted = {i % self.depth for i in attn_layers}
     shared = (RelativePositionBias(self.grid, self.num_heads, name="rel_pos_bias")
@@ -299,7 +320,7 @@ class ViT(nn.Module):
       rate = self.drop_path * i / max(self.depth - 1, 1)  # linear stochastic-depth decay
       block = layers.block_class(self.remat)(
           self.num_heads, self.mlp_dim, drop_path=rate, layer_scale=self.layer_scale,
-          dtype=self.dtype, name=f"block{i}", **self._block_inits(i))
+          dtype=self.dtype, name=f"block{i}", **block_inits(self.weight_init, i))
       x, probs = block(x, block_bias, not train, i in wanted)
       blocks.append(x)
       if i in wanted:
@@ -308,6 +329,107 @@ class ViT(nn.Module):
       x = sum(blocks[i] for i in fuse)
     out = layers.LayerNorm(1e-6, name="norm")(x)
     return out, {"blocks": tuple(blocks), "attn": attn}
+
+  def _encode_scanned(self, x: jax.Array, *, train: bool, attn_layers: Sequence[int],
+                      bias: Optional[jax.Array], positions: Optional[jax.Array],
+                      fuse: Sequence[int]):
+    """`encode` with the blocks under `nn.scan` (see the class docstring)."""
+    wanted = sorted({i % self.depth for i in attn_layers})
+    if self.rel_pos == "shared":
+      bias = _add_bias(bias, RelativePositionBias(self.grid, self.num_heads,
+                                                  name="rel_pos_bias")(positions))
+    stack = nn.scan(ScannedLayer, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(0, nn.broadcast, nn.broadcast), length=self.depth,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+    x, (outs, probs) = stack(
+        self.num_heads, self.mlp_dim, self.depth, drop_path=self.drop_path,
+        layer_scale=self.layer_scale, dtype=self.dtype, remat=self.remat,
+        weight_init=self.weight_init, table_grid=self.grid if self.rel_pos == "per_layer" else None,
+        deterministic=not train, return_probs=bool(wanted), name=SCANNED,
+    )(x, jnp.arange(self.depth), bias, positions)
+    blocks = tuple(outs[i] for i in range(self.depth))  # [depth, B, L, D] -> depth arrays
+    if fuse:
+      x = sum(blocks[i] for i in fuse)
+    out = layers.LayerNorm(1e-6, name="norm")(x)
+    return out, {"blocks": blocks, "attn": {i: probs[i] for i in wanted}}
+
+
+# The scanned stack's name in the parameter tree, and its per-layer children.
+SCANNED = "layers"
+
+
+class ScannedLayer(nn.Module):
+  """Block i of a scanned ViT (i traced; its drop-path rate and BEiT init scale follow it), with
+  its own relative position bias table when `rel_pos="per_layer"`. Carry: the residual stream;
+  outputs: (the block's output, its attention probabilities or None)."""
+  num_heads: int
+  mlp_dim: int
+  depth: int
+  drop_path: float = 0.0
+  layer_scale: Optional[float] = None
+  dtype: Any = F32
+  remat: str = "none"
+  weight_init: str = "mae"
+  table_grid: Optional[tuple[int, int]] = None  # per-layer relative position bias tables
+  deterministic: bool = True
+  return_probs: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, i: jax.Array, bias: Optional[jax.Array],
+               positions: Optional[jax.Array]):
+    if self.table_grid is not None:
+      bias = _add_bias(bias, RelativePositionBias(self.table_grid, self.num_heads,
+                                                  name="rel_pos_bias")(positions))
+    # linear stochastic-depth decay, as in `encode`
+    rate = self.drop_path * i.astype(F32) / max(self.depth - 1, 1) if self.drop_path else 0.0
+    block = layers.block_class(self.remat)(
+        self.num_heads, self.mlp_dim, drop_path=rate, layer_scale=self.layer_scale,
+        dtype=self.dtype, name="block", **block_inits(self.weight_init, i))
+    x, probs = block(x, bias, self.deterministic, self.return_probs)
+    return x, (x, probs)
+
+
+def _leaf_at(a: Any, i: int) -> Any:
+  """Layer i of a stacked leaf (an array or a ShapeDtypeStruct)."""
+  if isinstance(a, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+  return a[i]
+
+
+def _stacked(leaves: Sequence[Any]) -> Any:
+  if isinstance(leaves[0], jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct((len(leaves),) + tuple(leaves[0].shape), leaves[0].dtype)
+  return (np.stack if isinstance(leaves[0], np.ndarray) else jnp.stack)(leaves)
+
+
+def unstack_blocks(params: dict) -> dict:
+  """A scanned student's parameters -> the `block{i}` (+ `rel_pos_bias_{i}`) layout of the
+  unscanned one; other entries kept. A tree without the stack is returned as it is. Leaves may
+  be arrays or ShapeDtypeStructs (unboxed)."""
+  if SCANNED not in params:
+    return params
+  params = dict(params)
+  stack = params.pop(SCANNED)
+  depth = jax.tree.leaves(stack["block"])[0].shape[0]
+  for i in range(depth):
+    params[f"block{i}"] = jax.tree.map(lambda a: _leaf_at(a, i), stack["block"])
+    if "rel_pos_bias" in stack:
+      params[f"rel_pos_bias_{i}"] = jax.tree.map(lambda a: _leaf_at(a, i), stack["rel_pos_bias"])
+  return params
+
+
+def stack_blocks(params: dict, depth: int) -> dict:
+  """The inverse of `unstack_blocks`: `block{i}` (+ `rel_pos_bias_{i}`), i < depth, stacked
+  into `layers/block` (+ `layers/rel_pos_bias`)."""
+  params = dict(params)
+  stack = {"block": jax.tree.map(lambda *a: _stacked(a),
+                                 *[params.pop(f"block{i}") for i in range(depth)])}
+  if "rel_pos_bias_0" in params:
+    stack["rel_pos_bias"] = jax.tree.map(
+        lambda *a: _stacked(a), *[params.pop(f"rel_pos_bias_{i}") for i in range(depth)])
+  params[SCANNED] = stack
+  return params
 
 
 def _add_bias(a: Optional[jax.Array], b: Optional[jax.Array]) -> Optional[jax.Array]:

@@ -42,7 +42,7 @@ def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvVi
     return ConvViT.from_variant(s.variant, **kwargs)
   kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
                 rel_pos=s.rel_pos, layer_scale=s.layer_scale, weight_init=s.weight_init,
-                remat=s.remat, dtype=compute_dtype(config))
+                remat=s.remat, scan=bool(s.get("scan", False)), dtype=compute_dtype(config))
   kwargs.update(overrides)
   return ViT.from_variant(s.variant, **kwargs)
 
