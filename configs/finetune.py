@@ -5,13 +5,15 @@ r"""Fine-tuning on ImageNet-1k, one recipe per pretraining method (METHODS.md, E
   python -m mim_jax.main --config configs/finetune.py:recipe=maskdistill,runlocal=True \
       --config.init_from=/tmp/maskdistill_local --workdir /tmp/ft_local
 
-Arguments: recipe=maskalign|maskdistill|mrmae|mae|mae_robust|fd, variant=B/16|L/16|H/14,
-runlocal=True (nano student on the digits, a few steps).
+Arguments: recipe=maskalign|maskdistill|mrmae|mrmcmae|mae|mae_robust|fd,
+variant=B/16|L/16|H/14 (ConvB/16 for mrmcmae), runlocal=True (nano student on the digits, a few
+steps; at the pretraining config's runlocal image size).
 
 The student is the one the recipe's pretraining config builds (configs/<method>_*.py with the
 same variant and runlocal: posemb, relative position bias, layer scale, init), so that
 `init_from` fills every tensor; a shared relative position bias becomes one table per block
-(BEiT's fine-tuning, filled by copies of the shared one). Only drop path changes.
+(BEiT's fine-tuning, filled by copies of the shared one), and a hybrid student drops its
+pretraining-only stage skips (ConvMAE's fine-tuning model has none). Only drop path changes.
 
 Shared by all recipes (MAE's protocol): AdamW(0.9, 0.999), wd 0.05, cosine to 1e-6, batch 1024,
 lr = base_lr * batch / 256, label smoothing 0.1, mixup 0.8 / cutmix 1.0, RandAugment
@@ -24,6 +26,9 @@ Per recipe and size: (epochs, warmup epochs, base_lr, layer decay, drop path). S
              H: neither gives one: MAE's H.
 - mrmae      B: the paper (100 ep, 5 warmup, 3e-4, 0.6, 0.2). L, H: the paper is silent and has
              no public code: MAE's.
+- mrmcmae    ConvB: the paper's MR-MCMAE fine-tuning (Section 4.1: 100 ep, 5 warmup, lr 3e-4,
+             layer decay 0.6, drop path 0.2; the same batch 1024 as pretraining). Global
+             average pooling with fc_norm is also ConvMAE's fine-tuning head.
 - mae        MAE (paper Table 9 / its FINETUNE.md): B 100 ep 5e-4 0.65 0.1; L 50 ep 1e-3 0.75
              0.2; H 50 ep 1e-3 0.75 0.3; warmup 5.
 - mae_robust the robust-MAE paper inherits MAE's fine-tuning: MAE's.
@@ -43,7 +48,8 @@ from configs import common
 from mim_jax import config as config_lib
 
 PRETRAIN_CONFIG = {"maskalign": "maskalign_b16_clip_b16", "maskdistill": "maskdistill_b16_clip_b16",
-                   "mrmae": "mrmae_b16_clip_b16", "mae": "mae_b16", "mae_robust": "mae_robust_b16",
+                   "mrmae": "mrmae_b16_clip_b16", "mrmcmae": "mrmcmae_b16_clip_b16",
+                   "mae": "mae_b16", "mae_robust": "mae_robust_b16",
                    "fd": "fd_b16_clip_b16"}
 RECIPES = tuple(PRETRAIN_CONFIG)
 
@@ -55,6 +61,7 @@ BEIT = {"B": (100, 20, BEIT_LR, 0.65, MAE["B"][4]), "L": (50, 5, BEIT_LR, 0.75, 
 SCHEDULES = {
     "maskalign": {"B": (100, 5, 3e-4, 0.6, 0.2), "L": (50, 5, 3e-4, 0.75, 0.4), "H": MAE["H"]},
     "mrmae": {"B": (100, 5, 3e-4, 0.6, 0.2), "L": MAE["L"], "H": MAE["H"]},
+    "mrmcmae": {"ConvB": (100, 5, 3e-4, 0.6, 0.2)},
     "mae": MAE,
     "mae_robust": MAE,
     "maskdistill": BEIT,
@@ -62,15 +69,23 @@ SCHEDULES = {
 }
 
 
+def pretraining_config(recipe: str, variant: str, runlocal: bool) -> ml_collections.ConfigDict:
+  """The recipe's pretraining config at this variant (and runlocal)."""
+  module = importlib.import_module(f"configs.{PRETRAIN_CONFIG[recipe]}")
+  return module.get_config(f"variant={variant},runlocal={runlocal}")
+
+
 def pretraining_student(recipe: str, variant: str, runlocal: bool, drop_path: float
                         ) -> ml_collections.ConfigDict:
   """`config.student` of the recipe's pretraining config at this variant (and runlocal), for a
-  run that starts from it: its own drop path, a shared relative position bias one per block."""
-  module = importlib.import_module(f"configs.{PRETRAIN_CONFIG[recipe]}")
-  student = module.get_config(f"variant={variant},runlocal={runlocal}").student
+  run that starts from it: its own drop path, a shared relative position bias one per block,
+  no stage skips."""
+  student = pretraining_config(recipe, variant, runlocal).student
   student.drop_path = drop_path
   if student.rel_pos == "shared":
     student.rel_pos = "per_layer"
+  if "stage_skips" in student:
+    student.stage_skips = False
   return student
 
 
@@ -80,7 +95,9 @@ def get_config(arg=None):
     raise ValueError(f"Unknown recipe {arg.recipe!r}; known: {', '.join(RECIPES)}.")
   size = arg.variant.split("/")[0]
   if size not in SCHEDULES[arg.recipe]:
-    raise ValueError(f"No fine-tune recipe for variant {arg.variant!r}: use B/16, L/16 or H/14.")
+    known = ", ".join(f"{k}/{14 if k == 'H' else 16}" for k in SCHEDULES[arg.recipe])
+    raise ValueError(f"No {arg.recipe} fine-tune recipe for variant {arg.variant!r}: use "
+                     f"{known}.")
   epochs, warmup, base_lr, layer_decay, drop_path = SCHEDULES[arg.recipe][size]
 
   c = common.base("classify")
@@ -110,5 +127,6 @@ def get_config(arg=None):
     common.shrink_for_local(c)
     c.objective.num_classes = 10
     c.eval.every = c.total_steps  # results.json at the end
+    c.data.image_size = pretraining_config(arg.recipe, arg.variant, True).data.image_size
   c.student = pretraining_student(arg.recipe, arg.variant, arg.runlocal, drop_path)
   return c

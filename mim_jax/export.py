@@ -14,6 +14,9 @@
       right data config.
   python -m mim_jax.export --workdir W [--step N] --format hf|timm --out DIR [--labels ...]
 
+A hybrid ConvMAE student (`models.convvit`) is refused, in one error line before anything is
+written: neither transformers nor timm has its architecture.
+
 Neither needs torch: configs are plain JSON (transformers' config and image-processor classes
 write theirs, without torch) and weights go through safetensors' numpy writer. Where torch is
 installed (requirements-torch.txt), `self_check` loads the written directory back in transformers
@@ -471,6 +474,10 @@ def export_workdir(workdir: str, out_dir: str, fmt: str, *, step: Optional[int] 
     raise ValueError(f"--workdir {workdir!r} is not a run's workdir (no checkpoints/).")
   config = cli.load_config(workdir)
   vit = common.make_student(config, drop_path=0.0, dtype=np.float32)
+  if not isinstance(vit, ViT):
+    raise ValueError(f"--format {fmt}: the student {config.student.variant!r} is the hybrid "
+                     "ConvMAE ConvViT, which neither transformers nor timm implements; use the "
+                     "workdir itself (init_from, kNN, analysis read it).")
   params = init_from.read_workdir_state(source.path, source.step)["params"]
   head = None
   if config.method == "classify":
