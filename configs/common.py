@@ -64,6 +64,9 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.optim.accumulate_steps = 1
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  # None: JAX's choice (on for v5e only); True lets a mesh axis span parts of several physical
+  # axes of a TPU slice, for shapes that do not fit otherwise (mim_jax/sharding.py).
+  c.mesh.allow_split_physical_axes = ml_collections.FieldReference(None, field_type=bool)
 
   c.log_every = 50
   c.checkpoint_every = 1000

@@ -24,7 +24,7 @@ import dataclasses
 import math
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 
 def _set_cpu_device_count(argv: Sequence[str]) -> None:
@@ -52,19 +52,22 @@ import jax.numpy as jnp
 import ml_collections
 
 from mim_jax import checkpoint as ckpt_lib
+from mim_jax import chips
 from mim_jax import config as config_lib
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
 from mim_jax import train
+from mim_jax.models import layers
 from mim_jax.objectives import common as objective_common
 from mim_jax.teachers import checkpoint_io, clip, network, vit, zoo
 from mim_jax.teachers import teacher as teacher_lib
 
 GIB = 2**30
 
-# HBM per JAX device. On v4 and v5p a device is a whole chip (megacore: both TensorCores as one).
-HBM_GIB: dict[str, float] = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+# HBM per JAX device (mim_jax/chips.py, with sources). On v4 and v5p a device is a whole chip
+# (megacore: both TensorCores as one).
+HBM_GIB: dict[str, float] = {g: chips.CHIPS[g].hbm_gib for g in ("v4", "v5e", "v5p", "v6e")}
 
 # `device.device_kind` of each generation's devices -> the generation's name above.
 _GENERATION_OF_KIND: dict[str, str] = {
@@ -291,9 +294,11 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
           ("  of which aliased to donated args", m.alias), ("temporaries", m.temp),
           ("generated code", m.code), ("total (args + out - alias + temp + code)", m.total)]
   lines += [f"  {name:<42}{value / 2**20:11.1f}{value / GIB:9.3f}" for name, value in rows]
+  roof = ["", chips.roofline_table(result.compiled.cost_analysis(),
+                                    target=_GENERATION_OF_KIND.get(devices[0].device_kind))]
   if hbm is None:
     lines.append("  (no HBM size known for this device: no verdict; pass --hbm_gib)")
-    return "\n".join(lines), True
+    return "\n".join(lines + roof), True
   need = m.total / GIB
   fits = need <= hbm
   lines.append(f"  {'HBM per device':<42}{hbm * 1024:11.1f}{hbm:9.3f}")
@@ -305,7 +310,7 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
     lines += ["", "Levers, largest first where activations dominate (temporaries "
               f"{m.temp / GIB:.2f} GiB, arguments {m.argument / GIB:.2f} GiB):"]
     lines += [f"  {lever}" for lever in levers(config, result.mesh_shape, m)]
-  return "\n".join(lines), fits
+  return "\n".join(lines + roof), fits
 
 
 def levers(config: ml_collections.ConfigDict, mesh_shape: dict[str, int],
@@ -340,6 +345,84 @@ def describe(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Sweep: the largest batch that fits, per remat policy and fsdp.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SweepRow:
+  remat: str
+  fsdp: int
+  batch: Optional[int]  # the largest global batch that fitted; None: not even the first
+  total: Optional[int]  # its bytes per device
+  stop: str  # why the doubling stopped: "OUT OF MEMORY at <b>", "cap <b>", or a bad mesh
+
+
+def sweep(config: ml_collections.ConfigDict, devices: Sequence[Any], hbm: float, *,
+          remats: Sequence[str], fsdps: Sequence[int], max_batch: int,
+          compile_fn=None, log=print) -> list[SweepRow]:
+  """For each (remat, fsdp): compile with the global batch doubling from `config.batch_size`,
+  stopping at the first that does not fit `hbm` GiB per device (or past `max_batch`). Compile
+  only; each compile is logged. `compile_fn(config, devices) -> Memory` (default: the real step)."""
+  compile_fn = compile_fn or (lambda c, d: compile_step(c, d).memory)
+  rows = []
+  for remat in remats:
+    for fsdp in fsdps:
+      c = config.copy_and_resolve_references()
+      c.student.remat, c.mesh.fsdp = remat, int(fsdp)
+      batch, best, stop = int(config.batch_size), None, ""
+      while not stop:
+        if batch > max_batch:
+          stop = f"cap {max_batch}"
+          break
+        c.batch_size = batch
+        try:
+          memory = compile_fn(c, devices)
+        except CompilerOutOfMemory:
+          memory = None
+        except ValueError as e:  # a mesh or batch that does not fit the devices
+          stop = str(e).split(";")[0]
+          break
+        fits = memory is not None and memory.total <= hbm * GIB
+        log(f"  remat={remat} fsdp={fsdp} batch={batch}: " +
+            (f"{memory.total / GIB:.2f} GiB per device" if memory else "refused by the compiler")
+            + (" fits" if fits else " OUT OF MEMORY"))
+        if not fits:
+          stop = f"OUT OF MEMORY at {batch}"
+        else:
+          best = (batch, memory.total)
+          batch *= 2
+      rows.append(SweepRow(remat, int(fsdp), best and best[0], best and best[1], stop))
+  return rows
+
+
+def sweep_table(rows: Sequence[SweepRow], devices: Sequence[Any], hbm: float,
+                mesh: Mapping[str, int]) -> str:
+  lines = [f"largest global batch that fits {hbm:g} GiB per device on {devices[0].device_kind} "
+           f"x {len(devices)} (compile-only; batch doubled until the first OUT OF MEMORY):",
+           f"  {'remat':<14}{'fsdp':>5}{'batch':>8}{'per shard':>10}{'GiB':>8}   stopped by"]
+  for r in rows:
+    shards = len(devices) // max(mesh.get("model", 1), 1)
+    per = f"{r.batch // shards}" if r.batch else "-"
+    gib = f"{r.total / GIB:.2f}" if r.total else "-"
+    lines.append(f"  {r.remat:<14}{r.fsdp:>5}{r.batch or 'none':>8}{per:>10}{gib:>8}   {r.stop}")
+  return "\n".join(lines)
+
+
+def _sweep_main(f: Any, devices: Sequence[Any], hbm: Optional[float]) -> None:
+  if hbm is None:
+    raise ValueError(f"--sweep needs a memory limit: no HBM size is known for "
+                     f"{devices[0].device_kind}; pass --hbm_gib.")
+  remats = f.sweep_remat or [f.config.student.get("remat", "none")]
+  fsdps = [int(x) for x in (f.sweep_fsdp or [f.config.mesh.get("fsdp", 1)])]
+  for remat in remats:
+    layers.block_class(remat)  # an unknown policy: one error line before any compile
+  print(f"sweeping remat {remats} x fsdp {fsdps} on {devices[0].device_kind} x {len(devices)}, "
+        f"batch from {f.config.batch_size} doubling up to {f.sweep_max_batch}", flush=True)
+  rows = sweep(f.config, devices, hbm, remats=remats, fsdps=fsdps, max_batch=f.sweep_max_batch,
+               log=lambda line: print(line, flush=True))
+  print(sweep_table(rows, devices, hbm, dict(f.config.mesh)), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------------------------
 def _main(argv: Sequence[str]) -> None:
@@ -349,6 +432,9 @@ def _main(argv: Sequence[str]) -> None:
   try:
     devices = (cpu_devices(f.devices) if f.platform == "cpu" else tpu_devices(f.topology))
     hbm = f.hbm_gib if f.hbm_gib is not None else hbm_gib(devices)
+    if f.sweep:
+      _sweep_main(f, devices, hbm)
+      return
     print(describe(f.config, devices), flush=True)
     result = compile_step(f.config, devices)
   except (ImportError, ValueError, FileNotFoundError) as e:  # bad input: one line, status 2
@@ -379,6 +465,11 @@ def run() -> None:
   flags.DEFINE_integer("devices", 8, "--platform cpu: number of simulated CPU devices.")
   flags.DEFINE_float("hbm_gib", None, "Memory per device to check against (default: the "
                      f"chip's HBM, {HBM_GIB}).")
+  flags.DEFINE_bool("sweep", False, "Print the largest global batch that fits per remat policy "
+                    "and fsdp value (the batch doubles from --config.batch_size).")
+  flags.DEFINE_list("sweep_remat", None, "--sweep: remat policies (default: the config's).")
+  flags.DEFINE_list("sweep_fsdp", None, "--sweep: fsdp values (default: the config's).")
+  flags.DEFINE_integer("sweep_max_batch", 65536, "--sweep: the largest global batch tried.")
   flags.mark_flags_as_required(["config"])
   app.run(_main)
 

@@ -13,10 +13,16 @@ from typing import Any, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
+# Keys of `config.mesh` that are options, not axes. allow_split_physical_axes: None = JAX's
+# choice (on for v5e, off elsewhere), True / False = passed to mesh_utils.create_device_mesh:
+# whether one mesh axis may span parts of several physical axes of the slice (needed for some
+# shapes, e.g. an fsdp axis longer than any physical axis; collectives may then be slower).
+MESH_OPTIONS = ("allow_split_physical_axes",)
 
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
@@ -31,7 +37,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 
 
 def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
-  """{'data': -1, 'fsdp': 2} -> (n/2, 2, 1): one axis may be -1 (takes the rest)."""
+  """{'data': -1, 'fsdp': 2} -> (n/2, 2, 1): one axis may be -1 (takes the rest); option keys
+  (`MESH_OPTIONS`) are ignored here."""
+  spec = {k: v for k, v in spec.items() if k not in MESH_OPTIONS}
   unknown = set(spec) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"Unknown mesh axes {sorted(unknown)}; use {MESH_AXES}.")
@@ -68,14 +76,26 @@ def make_mesh(spec: Optional[Mapping[str, int]] = None,
   """
   local = list(jax.devices())
   devices = list(local if devices is None else devices)
-  shape = mesh_shape(dict(spec or {"data": -1}), len(devices))
-  if devices == local or devices[0] not in local:
-    # All devices, or a whole compile-only topology: jax.make_mesh orders them along the ICI
-    # rings. A subset of the local devices keeps its given order (tests pass [:2]).
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  spec = dict(spec or {"data": -1})
+  shape = mesh_shape(spec, len(devices))
+  types = (AxisType.Auto,) * len(MESH_AXES)
+  if devices != local and devices[0] in local:
+    # A subset of the local devices (tests pass [:2]) keeps its given order.
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=types)
+  # All devices, or a whole compile-only topology: ordered along the ICI rings.
+  split = spec.get("allow_split_physical_axes")
+  try:
+    if split is None:
+      return jax.make_mesh(shape, MESH_AXES, axis_types=types, devices=devices)
+    return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=bool(
+        split)), MESH_AXES, axis_types=types)
+  except (ValueError, NotImplementedError, AssertionError) as e:
+    why = str(e).split(". ")[0].strip().rstrip(".")  # JAX's reason, first sentence
+    hint = ("set mesh.allow_split_physical_axes=True to let a mesh axis span several physical "
+            "axes" if not split else "choose other axis sizes")
+    raise ValueError(f"Mesh {dict(zip(MESH_AXES, shape))} does not fit the physical layout of "
+                     f"the {len(devices)} {devices[0].device_kind} devices ({why}); {hint}, or "
+                     f"{_fitting(len(devices), shape[2])}.") from None
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

@@ -2,6 +2,7 @@
 libtpu is installed (requirements-tpu.txt)."""
 import os
 import subprocess
+import types
 import sys
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import maskalign_b16_clip_b16
-from mim_jax import aot, train
+from mim_jax import aot, sharding, train
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import step as step_lib
 
@@ -59,6 +60,9 @@ def test_cpu_mesh_compiles_the_maskalign_step_and_reports_memory(tiny_vit_teache
 
   text, fits = aot.report(replicated, devices, hbm=1.0)
   assert fits and "OK: fits" in text and "total" in text
+  flops, nbytes = aot.chips.step_cost(replicated.compiled.cost_analysis())
+  assert flops > 1e6 and nbytes > 1e5  # XLA's cost analysis of the step, and its roofline
+  assert f"{flops / 1e12:.3f} TFLOP" in text and "roofline ESTIMATE" in text
   text, fits = aot.report(replicated, devices, hbm=1e-6)
   assert not fits and "OUT OF MEMORY" in text
   # The levers that would help, from this config: remat, a smaller batch, more fsdp (the
@@ -130,3 +134,69 @@ def test_a_mesh_that_does_not_fit_names_the_fsdp_values_that_would():
     sharding.mesh_shape({"data": -1, "fsdp": 3}, 8)
   with pytest.raises(ValueError, match=r"model=2, fsdp may be any of \[1, 2, 4, 8\]"):
     sharding.mesh_shape({"data": 2, "fsdp": 2, "model": 2}, 16)
+
+
+def test_sweep_doubles_the_batch_until_the_first_out_of_memory():
+  """The sweep's loop on a made-up memory model (no compile): 1 GiB per device, temporaries of
+  64 MiB per example over the batch shards (halved by remat=full), arguments split by fsdp."""
+  config = maskalign_b16_clip_b16.get_config("runlocal=True")
+  config.batch_size = 8
+  devices = [object()] * 8
+  seen = []
+
+  def fake_compile(c, devs):
+    seen.append((c.student.remat, c.mesh.fsdp, c.batch_size))
+    if c.mesh.fsdp == 3:
+      raise ValueError("Mesh {'data': -1, 'fsdp': 3} does not divide 8 devices; fsdp ...")
+    if c.batch_size >= 1024:
+      raise aot.CompilerOutOfMemory("RESOURCE_EXHAUSTED")
+    temp = c.batch_size // len(devs) * 64 * 2**20 // (2 if c.student.remat == "full" else 1)
+    return aot.Memory(argument=512 * 2**20 // c.mesh.fsdp, output=0, alias=0, temp=temp, code=0)
+
+  rows = aot.sweep(config, devices, 1.0, remats=["none", "full"], fsdps=[1, 8, 3],
+                   max_batch=4096, compile_fn=fake_compile, log=lambda _: None)
+  best = {(r.remat, r.fsdp): (r.batch, r.stop) for r in rows}
+  # none, fsdp 1: 512 MiB + 8 x 64 MiB at batch 64 is 1 GiB: fits; 128 does not. full: 128.
+  assert best[("none", 1)] == (64, "OUT OF MEMORY at 128")
+  assert best[("full", 1)] == (128, "OUT OF MEMORY at 256")
+  assert best[("none", 8)] == (64, "OUT OF MEMORY at 128")  # 64 MiB + 8 x 64 MiB fits
+  assert best[("full", 8)] == (128, "OUT OF MEMORY at 256")
+  assert best[("none", 3)][0] is None and "does not divide" in best[("none", 3)][1]
+  # Doubling stops at the first failure: 8, 16, 32, 64, 128 for (none, 1), nothing beyond.
+  assert [b for r, f, b in seen if (r, f) == ("none", 1)] == [8, 16, 32, 64, 128]
+  text = aot.sweep_table(rows, [types.SimpleNamespace(device_kind="cpu")] * 8, 1.0,
+                         {"data": -1, "fsdp": 1, "model": 1})
+  assert "  full              1     128        16    1.00   OUT OF MEMORY at 256" in text
+
+
+def test_mesh_that_needs_split_physical_axes_names_the_option():
+  pytest.importorskip("libtpu", reason="TPU topologies need libtpu (requirements-tpu.txt)")
+  devices = aot.tpu_devices("v5p:4x4x4")  # 64 chips: an axis of 8 splits a physical axis of 4
+  with pytest.raises(ValueError, match=r"set mesh.allow_split_physical_axes=True .* fsdp may be "
+                                       r"any of \[1, 2, 4, 8, 16, 32, 64\]"):
+    sharding.make_mesh({"data": 8, "fsdp": 8}, devices=devices)
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 8, "allow_split_physical_axes": True}, devices)
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 8, "model": 1}
+
+
+def test_mesh_options_are_not_axes():
+  assert sharding.mesh_shape({"data": -1, "fsdp": 2, "allow_split_physical_axes": None}, 8) == (
+      4, 2, 1)
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "allow_split_physical_axes": False})
+  assert dict(mesh.shape) == {"data": jax.device_count() // 2, "fsdp": 2, "model": 1}
+
+
+@pytest.mark.slow
+def test_command_line_sweep_on_cpu_devices(tiny_vit_teacher_dir):
+  """--sweep through the command line: the real step compiled for 4 CPU devices once per remat
+  policy (batch 8, capped at 8: the doubling and its stop at OUT OF MEMORY are the test above)."""
+  env = dict(os.environ, XLA_FLAGS="")
+  args = [sys.executable, "-m", "mim_jax.aot", "--config",
+          "configs/maskalign_b16_clip_b16.py:runlocal=True", "--config.batch_size=8",
+          f"--config.teacher.spec={tiny_vit_teacher_dir}", "--platform=cpu", "--devices", "4",
+          "--sweep", "--sweep_remat=none,full", "--sweep_max_batch=8", "--hbm_gib=100"]
+  r = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [line.split() for line in r.stdout.splitlines() if line.startswith(("  none", "  full"))]
+  assert [row[:4] for row in rows] == [["none", "1", "8", "2"], ["full", "1", "8", "2"]]
+  assert all(row[-2:] == ["cap", "8"] for row in rows)
