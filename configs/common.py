@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from mim_jax import config as config_lib
 from mim_jax import objectives
 from mim_jax.data import input_pipeline
 
@@ -31,12 +32,16 @@ def base(method: str) -> ml_collections.ConfigDict:
                                              scan=False))
   c.student.layer_scale = ml_collections.FieldReference(None, field_type=float)
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
-  # None for methods without a teacher.
-  # resize_to_student: a teacher whose token grid differs from the student's runs on resized
-  # images with a resized position embedding (CLIP-L/14 at 196 px under a /16 student at 224);
-  # False refuses any mismatch. dtype: the teacher's matmul inputs and stored weights, "float32"
-  # | "bfloat16"; None follows `precision`.
-  c.teacher = ml_collections.ConfigDict(dict(spec="clip_b16", resize_to_student=True))
+  # None for methods without a teacher. Several teachers (MR-MAE's joint mimicking only):
+  # comma-separated, "clip_b16,dino_b16" (the field stays a str, so one spec and every override
+  # keep their meaning). resize_to_student: a teacher whose token grid differs from the
+  # student's runs on resized images with a resized position embedding (CLIP-L/14 at 196 px
+  # under a /16 student at 224), each teacher at its own size; False refuses any mismatch.
+  # dtype: the teachers' matmul inputs and stored weights, "float32" | "bfloat16", one for all
+  # or one per teacher ("float32,bfloat16"); None follows `precision`. attention_from: of
+  # several teachers, the index of the one whose attention drives attentive / focused masks.
+  c.teacher = ml_collections.ConfigDict(dict(spec="clip_b16", resize_to_student=True,
+                                             attention_from=0))
   c.teacher.spec = ml_collections.FieldReference("clip_b16", field_type=str)
   c.teacher.dtype = ml_collections.FieldReference(None, field_type=str)
   c.mask = ml_collections.ConfigDict(dict(kind="attentive", ratio=0.7))
@@ -104,8 +109,8 @@ def shrink_for_local(c: ml_collections.ConfigDict) -> None:
   c.total_epochs = None
   c.warmup_percent = c.warmup_epochs = None
   c.warmup_steps = 1
-  if c.teacher.spec:
-    c.teacher.spec = "demo"  # the demo's own teacher, trained on first use
+  if c.teacher.spec:  # the demo's own teacher, trained on first use (one per listed teacher)
+    c.teacher.spec = ",".join(["demo"] * len(config_lib.teacher_specs(c.teacher.spec)))
   if "decoder" in c.objective:  # MAE-style decoders
     c.objective.decoder.update(width=32, depth=2, heads=2, mlp_dim=64)
   c.log_every = 1

@@ -12,8 +12,16 @@ blocks 4, 8 and 12 (indices 3, 7, 11). Plain MR-MAE (84.7): --config.mask.kind=r
 lr 1.5e-4, weight decay 0.05, cosine to 0, warmup 20% (the paper's 80 of 400 epochs), no drop
 path, RandomResizedCrop(224, 0.2-1) + flip, decoder 512 x 8, target as MAE's.
 
-Arguments: variant=B/16 (student), teacher=clip_b16 (zoo name or checkpoint dir),
-runlocal=True (nano student, tiny decoder, digits, the demo's own teacher).
+Several teachers mimicked jointly (Table 4's "CLIP/DINO (Joint)": one mimic head per teacher,
+the mimic terms summed; focused masks from the first teacher's attention unless
+--config.teacher.attention_from=1):
+  python -m mim_jax.main --config configs/mrmae_b16_clip_b16.py:teacher=clip_b16+dino_b16 ...
+  python -m mim_jax.main --config configs/mrmae_b16_clip_b16.py \
+      --config.teacher.spec=clip_b16,dino_b16 ...
+
+Arguments: variant=B/16 (student), teacher=clip_b16 (zoo name or checkpoint dir; several joined
+by "+", since the argument string itself is comma-separated), runlocal=True (nano student, tiny
+decoder, digits, the demo's own teacher, once per listed teacher).
 """
 from configs import common
 from mim_jax import config as config_lib
@@ -24,7 +32,7 @@ def get_config(arg=None):
   c = common.base("mrmae")
   c.student.variant = arg.variant
   c.student.drop_path = 0.0
-  c.teacher.spec = arg.teacher
+  c.teacher.spec = arg.teacher.replace("+", ",")  # teacher.spec separates several by commas
   c.mask.kind, c.mask.ratio = "focused", 0.75
   c.objective.mimic_weight, c.objective.recon_weight = 0.5, 0.5
   c.objective.target_layer, c.objective.target_norm = "last", "ln"

@@ -163,15 +163,22 @@ def _teacher_shape(spec: str) -> tuple[str, teachers.Arch]:
   raise checkpoint_io.CheckpointError(f"{spec!r}: model_type {model_type!r} is not handled.")
 
 
-def abstract_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Teacher]:
+def abstract_teacher(config: ml_collections.ConfigDict) -> Any:
   """The teacher `train.load_teacher` would build, with `jax.ShapeDtypeStruct` parameters.
 
   Same architecture, same grid matching to the student (position embedding resized), same
-  parameter dtype; no weight is read or created. None for teacher-free methods.
+  parameter dtype; no weight is read or created. None for teacher-free methods; a tuple of
+  teachers when `teacher.spec` lists several.
   """
-  spec = config.teacher.get("spec")
-  if not spec:
+  settings = objective_common.teacher_settings(config)
+  if not settings:
     return None
+  out = tuple(_abstract_one(config, spec, dtype) for spec, dtype in settings)
+  return out if len(out) > 1 else out[0]
+
+
+def _abstract_one(config: ml_collections.ConfigDict, spec: str, dtype_name: str
+                  ) -> teachers.Teacher:
   if spec == "demo":
     raise ValueError("teacher.spec='demo' is trained on first use; pass its checkpoint "
                      "directory or a known name with --config.teacher.spec.")
@@ -182,7 +189,7 @@ def abstract_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Tea
     raise ValueError(f"teacher grid {arch.grid}x{arch.grid} vs student grid {grid}x{grid}: set "
                      f"teacher.resize_to_student=True.")
   arch = dataclasses.replace(arch, grid=grid)
-  dtype = jnp.dtype(objective_common.teacher_dtype(config))
+  dtype = jnp.dtype(dtype_name)
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
                         network.param_shapes(arch))
   preprocessor = checkpoint_io.read_preprocessor(spec) if os.path.isdir(spec) else {}
@@ -247,6 +254,7 @@ class Compiled:
   setup: step_lib.Setup
   memory: Memory
   mesh_shape: dict[str, int]
+  teacher_bytes: int = 0  # per device: the teachers' parameter shards among the arguments
 
 
 def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Compiled:
@@ -259,7 +267,7 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
   t_sh, t_params = None, None
   if teacher is not None:
     t_sh = train.teacher_shardings(teacher, mesh)
-    t_params = ckpt_lib.abstract_with_shardings(teacher.params, t_sh)
+    t_params = ckpt_lib.abstract_with_shardings(train.teacher_params(teacher), t_sh)
   batch = abstract_batch(config, setup)
   step = step_lib.jit_train_step(setup, batch, t_sh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
@@ -271,7 +279,13 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
       raise
     raise CompilerOutOfMemory(str(e)) from None
   return Compiled(compiled=compiled, setup=setup, memory=memory_of(compiled),
-                  mesh_shape=dict(mesh.shape))
+                  mesh_shape=dict(mesh.shape), teacher_bytes=shard_bytes(t_params))
+
+
+def shard_bytes(tree: Any) -> int:
+  """Bytes one device holds of a tree of sharded ShapeDtypeStructs (0 for None)."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
 
 
 def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tuple[str, bool]:
@@ -279,18 +293,20 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
   m = result.memory
   config = result.setup.config
   per_device = config.batch_size // max(result.mesh_shape["data"] * result.mesh_shape["fsdp"], 1)
-  teacher = result.setup.teacher
+  each = teachers.each(result.setup.teacher)
+  teacher = ", ".join(f"{t.name} ({t.dtype}, grid {t.grid}, {t.image_size} px)" for t in each)
   lines = [
       f"{devices[0].device_kind} x {len(devices)} devices "
       f"({len({d.process_index for d in devices})} hosts), mesh {result.mesh_shape}",
       f"{config.method}: student {config.student.variant}"
-      + (f", teacher {teacher.name} ({teacher.dtype}, grid {teacher.grid})" if teacher else "")
+      + (f", teacher{'s' * (len(each) > 1)} {teacher}" if each else "")
       + f", precision {config.get('precision', 'float32')}, global batch {config.batch_size} "
       f"({per_device} per device)",
       "",
       f"  {'memory per device':<42}{'MiB':>11}{'GiB':>9}",
   ]
-  rows = [("arguments (state, teacher, batch)", m.argument), ("outputs", m.output),
+  rows = [("arguments (state, teacher, batch)", m.argument),
+          ("  of which teacher weights", result.teacher_bytes), ("outputs", m.output),
           ("  of which aliased to donated args", m.alias), ("temporaries", m.temp),
           ("generated code", m.code), ("total (args + out - alias + temp + code)", m.total)]
   lines += [f"  {name:<42}{value / 2**20:11.1f}{value / GIB:9.3f}" for name, value in rows]

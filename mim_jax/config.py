@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from typing import Any, Mapping, Optional
 
 import ml_collections
@@ -138,6 +139,24 @@ def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
     else:
       out[key] = kind(value)
   return ml_collections.ConfigDict(out)
+
+
+def teacher_specs(spec: Any) -> tuple[str, ...]:
+  """`teacher.spec` as a tuple of specs: () for None or "", (spec,) for one, several for a
+  comma-separated string ("clip_b16,dino_b16": the form the str-typed config field and
+  `--config.teacher.spec=` take) or a list / tuple. A string naming an existing directory is one
+  spec, commas or not. ValueError for an empty entry ("clip_b16,,dino_b16")."""
+  if not spec:
+    return ()
+  if isinstance(spec, str):
+    items = [spec] if os.path.isdir(spec) else spec.split(",")
+  else:
+    items = list(spec)
+  specs = tuple(str(s).strip() for s in items)
+  if not all(specs):
+    raise ValueError(f"teacher.spec {spec!r} has an empty entry: separate the specs by single "
+                     f"commas, e.g. 'clip_b16,dino_b16'.")
+  return specs
 
 
 def closest_key(config: ml_collections.ConfigDict, dotted: str) -> Optional[str]:

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mim_jax import masking
 from mim_jax import sharding as sharding_lib
+from mim_jax import teachers
 from mim_jax.models import layers
 
 PyTree = Any
@@ -41,7 +42,9 @@ class Setup:
   tx: optax.GradientTransformation
   schedule: optax.Schedule
   mesh: Mesh
-  teacher: Optional[Any] = None  # mim_jax.teachers.Teacher (static); its params travel apart
+  # mim_jax.teachers.Teacher (static), or a tuple of them for several teachers (joint
+  # mimicking); the params travel apart, as the step's teacher argument (a tuple for several).
+  teacher: Optional[Any] = None
 
   @property
   def num_patches(self) -> int:
@@ -124,27 +127,41 @@ def init_state(setup: Setup, rng: jax.Array) -> TrainState:
     return jax.jit(init, out_shardings=shardings)(rng)
 
 
-def compute_masks(setup: Setup, rng: jax.Array, batch: dict, teacher_out: Optional[dict]
+def attention_teacher(setup: Setup, teacher_out: Any) -> tuple[Any, dict]:
+  """(teacher, its outputs) whose attention drives attentive / focused masks: the only one, or
+  of several the `teacher.attention_from`-th (default the first)."""
+  if isinstance(setup.teacher, tuple):
+    k = setup.config.teacher.get("attention_from", 0)
+    return setup.teacher[k], teacher_out[k]
+  return setup.teacher, teacher_out
+
+
+def compute_masks(setup: Setup, rng: jax.Array, batch: dict, teacher_out: Any
                   ) -> masking.Masks:
   config = setup.config
   kind = _mask_kind(config)
   importance = None
   if kind in ("attentive", "focused"):
-    attn = teacher_out["attn"][setup.teacher.depth - 1]
-    importance = masking.cls_attention_importance(attn)
+    teacher, out = attention_teacher(setup, teacher_out)
+    importance = masking.cls_attention_importance(out["attn"][teacher.depth - 1])
   return masking.make_masks(
       kind, rng, batch=batch["image"].shape[0], num_patches=setup.num_patches,
       ratio=config.mask.get("ratio", 0.0) if kind != "none" else 0.0,
       importance=importance, binary=batch.get("mask"))
 
 
-def teacher_forward(setup: Setup, teacher_params: PyTree, images: jax.Array) -> Optional[dict]:
+def teacher_forward(setup: Setup, teacher_params: PyTree, images: jax.Array) -> Any:
+  """The teacher's outputs (a dict; a tuple of dicts for several teachers), no gradient. Each
+  teacher returns its last attention layer when the masks need one (XLA drops those that no
+  mask reads)."""
   if setup.teacher is None:
     return None
-  attn_layers = ((setup.teacher.depth - 1,) if _mask_kind(setup.config) in
-                 ("attentive", "focused") else ())
-  out = setup.teacher.apply(teacher_params, images, attn_layers=attn_layers)
-  return jax.lax.stop_gradient(out)
+  needs_attn = _mask_kind(setup.config) in ("attentive", "focused")
+
+  def one(teacher, params):
+    out = teacher.apply(params, images, attn_layers=(teacher.depth - 1,) if needs_attn else ())
+    return jax.lax.stop_gradient(out)
+  return teachers.map_teachers(one, setup.teacher, teacher_params)
 
 
 def train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: dict

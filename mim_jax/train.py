@@ -40,15 +40,22 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def load_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Teacher]:
-  """The frozen teacher matched to the student's grid, or None for teacher-free methods."""
-  spec = config.teacher.get("spec")
-  if not spec:
+def load_teacher(config: ml_collections.ConfigDict) -> Any:
+  """The frozen teacher matched to the student's grid, None for teacher-free methods, or a tuple
+  of teachers when `teacher.spec` lists several (each with its own dtype, input size and
+  position embedding resized to the student's grid)."""
+  settings = objective_common.teacher_settings(config)
+  if not settings:
     return None
+  loaded = tuple(_load_one(config, spec, dtype) for spec, dtype in settings)
+  return loaded if len(loaded) > 1 else loaded[0]
+
+
+def _load_one(config: ml_collections.ConfigDict, spec: str, dtype: str) -> teachers.Teacher:
   if spec == "demo":  # the demo's own teacher, trained on first use by this same loop
     from mim_jax import demo  # pylint: disable=import-outside-toplevel
     spec = demo.ensure_teacher(runlocal=config.get("runlocal", False))
-  teacher = teachers.load(spec, dtype=objective_common.teacher_dtype(config))
+  teacher = teachers.load(spec, dtype=dtype)
   _, patch = config_lib.decode_variant(config.student.variant)
   grid = teachers.teacher.student_grid(config.data.image_size, patch, teacher.grid)
   if grid != teacher.grid and not config.teacher.get("resize_to_student", True):
@@ -58,13 +65,21 @@ def load_teacher(config: ml_collections.ConfigDict) -> Optional[teachers.Teacher
   return teacher.for_student(config.data.image_size, patch)
 
 
-def teacher_shardings(teacher: teachers.Teacher, mesh) -> Any:
-  """The teacher's parameters follow the same logical rules as the student's."""
-  size = teacher.image_size
-  boxed = jax.eval_shape(
-      lambda: teachers.TeacherNet(teacher.arch).init(jax.random.key(0),
-                                                     jnp.zeros((1, size, size, 3)))["params"])
-  return sharding_lib.logical_shardings(boxed, mesh)
+def teacher_shardings(teacher: Any, mesh) -> Any:
+  """The teacher's parameters follow the same logical rules as the student's (a tuple of
+  shardings for several teachers, one per teacher)."""
+  def one(t: teachers.Teacher):
+    size = t.image_size
+    boxed = jax.eval_shape(
+        lambda: teachers.TeacherNet(t.arch).init(jax.random.key(0),
+                                                 jnp.zeros((1, size, size, 3)))["params"])
+    return sharding_lib.logical_shardings(boxed, mesh)
+  return teachers.map_teachers(one, teacher)
+
+
+def teacher_params(teacher: Any) -> Any:
+  """What the step takes as its teacher argument: the params (a tuple of them for several)."""
+  return teachers.map_teachers(lambda t: t.params, teacher)
 
 
 def durations(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
@@ -79,7 +94,7 @@ def durations(config: ml_collections.ConfigDict, num_train_examples: int) -> tup
   return total, warmup
 
 
-def make_setup(config: ml_collections.ConfigDict, teacher: Optional[teachers.Teacher], mesh,
+def make_setup(config: ml_collections.ConfigDict, teacher: Any, mesh,
                total_steps: int, warmup_steps: int) -> step_lib.Setup:
   objective = objectives.get(config.method)
   schedule = optim.make_schedule(config.optim, total_steps=total_steps,
@@ -249,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   t_params, t_sh = None, None
   if teacher is not None:
     t_sh = teacher_shardings(teacher, mesh)
-    t_params = jax.device_put(teacher.params, t_sh)
+    t_params = jax.device_put(teacher_params(teacher), t_sh)
 
   student = setup.model_student()
   data = input_pipeline.make_pretrain_iterator(

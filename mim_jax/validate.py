@@ -11,6 +11,7 @@ import ml_collections
 
 from mim_jax import sharding as sharding_lib
 from mim_jax.data import input_pipeline
+from mim_jax.objectives import common as objective_common
 
 
 def check_workdir(workdir: str) -> None:
@@ -56,7 +57,17 @@ def check_batches(config: ml_collections.ConfigDict) -> None:
                      f"divisor of {config.batch_size // shards} (examples per shard).")
 
 
+def check_teachers(config: ml_collections.ConfigDict) -> None:
+  """`teacher.spec` (one spec, or several for a method that mimics them jointly), the teachers'
+  dtypes and `teacher.attention_from`; the teachers themselves are read later."""
+  try:
+    objective_common.teacher_settings(config)
+  except ValueError as e:
+    raise ValueError(f"--config.{e}") from None
+
+
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   check_workdir(workdir)
+  check_teachers(config)
   check_batches(config)
   input_pipeline.augment_kwargs(config.get("augment"))  # a bad RandAugment spec or probability

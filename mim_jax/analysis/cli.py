@@ -33,6 +33,7 @@ from mim_jax import checkpoint as ckpt_lib
 from mim_jax import plots as run_plots
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
+from mim_jax import teachers
 from mim_jax import train
 from mim_jax.analysis import hessian, plots, spectra, summary
 from mim_jax.data import input_pipeline
@@ -261,12 +262,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                 state.params["student"], batch["image"], grid, mesh, **kw)}
   t_params = None
   if setup.teacher is not None and (args.teacher or args.hessian):
-    t_params = jax.device_put(setup.teacher.params, train.teacher_shardings(setup.teacher, mesh))
+    t_params = jax.device_put(train.teacher_params(setup.teacher),
+                              train.teacher_shardings(setup.teacher, mesh))
   if args.teacher:
     if setup.teacher is None:
       raise ValueError(f"--teacher: method {config.method!r} has no teacher.")
-    results["teacher"] = measure(lambda p, x: teacher_forward(setup.teacher, p, x), t_params,
-                                 batch["image"], grid, mesh, **kw)
+    several = teachers.each(setup.teacher)  # several teachers: "teacher", "teacher_1", ...
+    for k, (t, p) in enumerate(zip(several, t_params if len(several) > 1 else (t_params,))):
+      results["teacher" if k == 0 else f"teacher_{k}"] = measure(
+          lambda p, x, t=t: teacher_forward(t, p, x), p, batch["image"], grid, mesh, **kw)
 
   os.makedirs(out, exist_ok=True)
   images = np.asarray(jax.device_get(batch["image"]))

@@ -20,13 +20,45 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return jnp.dtype(name)
 
 
-def teacher_dtype(config: ml_collections.ConfigDict) -> str:
-  """The teacher's matmul (and weight storage) dtype: `teacher.dtype`, else `precision`'s."""
-  name = config.teacher.get("dtype") or compute_dtype(config).name
+def teacher_dtype(config: ml_collections.ConfigDict, index: int = 0) -> str:
+  """The matmul (and weight storage) dtype of teacher `index`: `teacher.dtype` (one name for
+  every teacher, or one per teacher separated by commas), else `precision`'s."""
+  raw = config.teacher.get("dtype")
+  names = [n.strip() for n in raw.split(",")] if raw else [compute_dtype(config).name]
+  n = max(len(config_lib.teacher_specs(config.teacher.get("spec"))), 1)
+  if len(names) not in (1, n):
+    raise ValueError(f"teacher.dtype {raw!r} gives {len(names)} dtypes for {n} teachers: give "
+                     f"one for all or one per teacher.")
+  name = names[index if len(names) > 1 else 0]
   if name not in ("float32", "bfloat16"):
     raise ValueError(f"teacher.dtype must be 'float32', 'bfloat16' or None (follow precision), "
                      f"got {name!r}.")
   return name
+
+
+def teacher_settings(config: ml_collections.ConfigDict) -> tuple[tuple[str, str], ...]:
+  """(spec, dtype) of each teacher in `teacher.spec`, checked; () for teacher-free methods.
+
+  Several teachers only where the method mimics them jointly (its module sets
+  `SEVERAL_TEACHERS`); `teacher.attention_from` indexes the one whose attention drives
+  attentive / focused masks. Every problem is a one-line ValueError naming the fix.
+  """
+  from mim_jax import objectives  # pylint: disable=import-outside-toplevel
+  if not config.get("teacher"):
+    return ()
+  spec = config.teacher.get("spec")
+  specs = config_lib.teacher_specs(spec)
+  if len(specs) > 1 and not getattr(objectives.get(config.method), "SEVERAL_TEACHERS", False):
+    joint = sorted(m for m in objectives.METHODS
+                   if getattr(objectives.get(m), "SEVERAL_TEACHERS", False))
+    raise ValueError(f"teacher.spec {spec!r} lists {len(specs)} teachers, but method "
+                     f"{config.method!r} takes one: only {', '.join(joint)} mimics a list of "
+                     f"teachers jointly; give one spec.")
+  k = config.teacher.get("attention_from", 0)
+  if specs and not 0 <= k < len(specs):
+    raise ValueError(f"teacher.attention_from={k} is not the index of one of the "
+                     f"{len(specs)} teachers {specs}: use 0 to {len(specs) - 1}.")
+  return tuple((s, teacher_dtype(config, i)) for i, s in enumerate(specs))
 
 
 def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvViT:

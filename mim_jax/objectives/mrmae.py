@@ -14,6 +14,14 @@ term is over masked patches x pixels), so the two weights compare like with like
 Eq. 1-2 write squared norms per token; MAE's code, which it builds on, averages over pixels: the
 factor Dt would only rescale the mimic weight.)
 
+Several teachers ("joint" mimicking, the paper's Table 4 "CLIP/DINO (Joint)"; `teacher.spec` a
+comma-separated list): one mimic head per teacher (Linear D -> Dt_k; the first keeps the name
+`mimic_head`, teacher k >= 1 gets `mimic_head_{k}`), each regressing its own teacher's features
+normalised as above, and mimic = the SUM of the per-teacher terms (logged as loss/mimic_{k}),
+every teacher at weight 1: the paper gives neither formula nor weights for the joint row, and a
+sum keeps each teacher's term as strong as in its single-teacher run (mean would halve both).
+Focused masks then follow the attention of teacher `teacher.attention_from` (default 0).
+
 Switches from the paper's bag of tricks:
   focused mimicking  `config.mask.kind = "focused"`: the visible tokens are the top 25% patches
                      by the teacher's last-layer CLS attention (deterministic top-k,
@@ -39,13 +47,14 @@ Switches from the paper's bag of tricks:
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mim_jax import teachers
 from mim_jax.models import layers
 from mim_jax.models.decoder import Decoder
 from mim_jax.models.vit import ViT, gather_tokens
@@ -54,25 +63,36 @@ from mim_jax.objectives import mae
 
 F32 = jnp.float32
 TARGET_LAYERS = ("last", "final")
+SEVERAL_TEACHERS = True  # `teacher.spec` may list several teachers: joint mimicking
 
 
 class MRMAEModel(nn.Module):
   """Student + mimic head + pixel decoder.
 
-  Output: {"mimic": [B, 1 + n, Dt] (CLS first, then the visible patches in `ids_keep` order),
-  "pred": [B, N, p*p*3]}.
+  Output: {"mimic": [B, 1 + n, Dt] (CLS first, then the visible patches in `ids_keep` order;
+  a tuple of them, one per teacher, when `teacher_width` is a tuple), "pred": [B, N, p*p*3]}.
   """
   student: ViT
   decoder: Decoder
-  teacher_width: int
+  teacher_width: Union[int, tuple[int, ...]]  # a tuple: one mimic head per teacher
   fusion_layers: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, images: jax.Array, masks: Any, *, train: bool = False) -> dict:
     latent, _ = self.student(images, masks.ids_keep, train=train, fuse=self.fusion_layers)
-    mimic = layers.Dense(self.teacher_width, dtype=self.student.dtype,
-                         kernel_axes=("embed", "mlp"), name="mimic_head")(latent)
+
+    def head(width: int, k: int = 0) -> jax.Array:
+      return layers.Dense(width, dtype=self.student.dtype, kernel_axes=("embed", "mlp"),
+                          name=head_name(k))(latent)
+    widths = self.teacher_width
+    mimic = (tuple(map(head, widths, range(len(widths)))) if isinstance(widths, tuple)
+             else head(widths))
     return {"mimic": mimic, "pred": self.decoder(latent, masks.ids_restore, train=train)}
+
+
+def head_name(k: int) -> str:
+  """The mimic head of teacher k: `mimic_head` for the first (and only), `mimic_head_{k}` after."""
+  return "mimic_head" if k == 0 else f"mimic_head_{k}"
 
 
 def spaced_layers(num: int, depth: int) -> tuple[int, ...]:
@@ -110,7 +130,7 @@ def make_model(config: ml_collections.ConfigDict, teacher: Any) -> MRMAEModel:
   mae.check_config(config)
   student = common.make_student(config)
   return MRMAEModel(student=student, decoder=mae.make_decoder(config, student),
-                    teacher_width=teacher.width,
+                    teacher_width=teachers.map_teachers(lambda t: t.width, teacher),
                     fusion_layers=fusion_indices(obj, student.depth))
 
 
@@ -131,19 +151,32 @@ def mimic_loss(pred: jax.Array, target: jax.Array, with_cls: bool) -> jax.Array:
   return jnp.square(pred.astype(F32) - target).mean()
 
 
-def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
-            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
-  obj = config.objective
+def mimic_term(pred: jax.Array, teacher_out: dict, masks: Any, obj: ml_collections.ConfigDict
+               ) -> jax.Array:
+  """One teacher's mimic loss: `pred` [B, 1 + n, Dt] against its normalised features."""
   num_teacher = teacher_out["hidden_states"][-1].shape[1] - 1
   num_student = masks.ids_restore.shape[1]
   if num_teacher != num_student:
     raise ValueError(f"teacher has {num_teacher} patch tokens, student {num_student}: the "
                      "mimic loss pairs them one to one (match the grids, Teacher.for_student).")
   target = mimic_targets(teacher_out, masks.ids_keep, obj.target_layer, obj.target_norm)
-  mimic = mimic_loss(out["mimic"], target, obj.mimic_cls)
+  return mimic_loss(pred, target, obj.mimic_cls)
+
+
+def loss_fn(out: dict, teacher_out: Any, masks: Any, batch: dict,
+            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """teacher_out: one teacher's outputs, or a tuple of them (joint mimicking: the mimic term is
+  the sum over teachers, each also logged as loss/mimic_{k})."""
+  obj = config.objective
+  terms = teachers.map_teachers(lambda o, p: mimic_term(p, o, masks, obj), teacher_out,
+                                out["mimic"])
+  metrics = {}
+  if isinstance(terms, tuple):
+    metrics = {f"loss/mimic_{k}": term for k, term in enumerate(terms)}
+    terms = sum(terms)
   recon = mae.reconstruction_loss(out["pred"], batch["image"], masks.mask, config)
-  loss = obj.mimic_weight * mimic + obj.recon_weight * recon
-  return loss, {"loss/mimic": mimic, "loss/recon": recon}
+  loss = obj.mimic_weight * terms + obj.recon_weight * recon
+  return loss, {"loss/mimic": terms, "loss/recon": recon, **metrics}
 
 
 def default_config() -> ml_collections.ConfigDict:

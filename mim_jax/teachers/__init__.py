@@ -5,14 +5,18 @@
   out = teacher.apply(teacher.params, images)             # images: student-normalised [B,H,H,3]
   out["hidden_states"], out["final"], out["attn"], out["pooled"], out.get("embeds")
 
+Several teachers in one run (`teacher.spec="clip_b16,dino_b16"`) are a tuple of Teachers, their
+parameters a tuple of trees and their outputs a tuple of dicts (`map_teachers`); one teacher is
+the bare Teacher, as before.
+
 Files: checkpoint_io (reading and checking checkpoints), vit and clip (converters), network (the
 Flax ViT both run on), resize (torch-equal bicubic), teacher (the Teacher dataclass), zoo (names
 and `load`).
 """
 from mim_jax.teachers.checkpoint_io import CheckpointError
 from mim_jax.teachers.network import Arch, TeacherNet
-from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD, Teacher
+from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD, Teacher, each, map_teachers
 from mim_jax.teachers.zoo import KNOWN, load, random_teacher
 
 __all__ = ["Arch", "CheckpointError", "KNOWN", "STUDENT_MEAN", "STUDENT_STD", "Teacher",
-           "TeacherNet", "load", "random_teacher"]
+           "TeacherNet", "each", "load", "map_teachers", "random_teacher"]

@@ -9,7 +9,7 @@ jitted function as a constant.)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -132,6 +132,23 @@ class Teacher:
     params["pos_embedding"] = jnp.asarray(new_pos, self.params["pos_embedding"].dtype)
     return dataclasses.replace(self, arch=dataclasses.replace(self.arch, grid=grid),
                                params=params)
+
+
+def map_teachers(fn: Callable[..., Any], teacher: Any, *rest: Any) -> Any:
+  """`fn(teacher, *rest)` for one teacher; for several (a tuple of Teachers: joint mimicking) the
+  tuple of `fn` over them and the matching entries of each of `rest`. Every per-teacher value of
+  a run (parameters, shardings, outputs, heads) takes this shape: the bare value for one teacher,
+  a tuple for several, so that a single-teacher run is unchanged."""
+  if isinstance(teacher, tuple):
+    return tuple(fn(*args) for args in zip(teacher, *rest, strict=True))
+  return fn(teacher, *rest)
+
+
+def each(teacher: Any) -> tuple["Teacher", ...]:
+  """The teachers of a run as a tuple: () for None, (t,) for one, the tuple itself for several."""
+  if teacher is None:
+    return ()
+  return teacher if isinstance(teacher, tuple) else (teacher,)
 
 
 def student_grid(image_size: Size, patch_size: Size, teacher_grid: int) -> int:
