@@ -255,10 +255,13 @@ class Compiled:
   memory: Memory
   mesh_shape: dict[str, int]
   teacher_bytes: int = 0  # per device: the teachers' parameter shards among the arguments
+  lowered: Any = None  # jax.stages.Lowered, for the cost of a scanned student (`step_cost`)
 
 
-def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Compiled:
-  """Lowers and compiles the train step of `config` for `devices` (abstract or real)."""
+def lower_step(config: ml_collections.ConfigDict, devices: Sequence[Any]
+               ) -> tuple[Any, step_lib.Setup, Any, Any]:
+  """(jax.stages.Lowered, setup, mesh, abstract teacher params) of the train step of `config`
+  for `devices` (abstract or real)."""
   mesh = sharding_lib.make_mesh(config.mesh, devices=devices)
   teacher = abstract_teacher(config)
   setup = train.make_setup(config, teacher, mesh, *_schedule_steps(config))
@@ -271,7 +274,12 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
   batch = abstract_batch(config, setup)
   step = step_lib.jit_train_step(setup, batch, t_sh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
-    lowered = step.jitted.lower(state, t_params, batch)
+    return step.jitted.lower(state, t_params, batch), setup, mesh, t_params
+
+
+def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> Compiled:
+  """Lowers and compiles the train step of `config` for `devices` (abstract or real)."""
+  lowered, setup, mesh, t_params = lower_step(config, devices)
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
@@ -279,7 +287,29 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
       raise
     raise CompilerOutOfMemory(str(e)) from None
   return Compiled(compiled=compiled, setup=setup, memory=memory_of(compiled),
-                  mesh_shape=dict(mesh.shape), teacher_bytes=shard_bytes(t_params))
+                  mesh_shape=dict(mesh.shape), teacher_bytes=shard_bytes(t_params),
+                  lowered=lowered)
+
+
+def step_cost(result: Compiled, devices: Sequence[Any]) -> tuple[dict[str, float], str]:
+  """XLA's cost of the compiled step per chip, {"flops", "bytes accessed"}, and a note.
+
+  XLA's cost analysis counts a loop's body once, so a scanned student's blocks would count as
+  one: then both figures are scaled by the ratio of the FLOPs of the unscanned step to the
+  scanned one, both lowered (unoptimised, not compiled) -- an approximation, and the note says so.
+  """
+  flops, nbytes = chips.step_cost(result.compiled.cost_analysis())
+  config = result.setup.config
+  if not config.student.get("scan") or result.lowered is None:
+    return {"flops": flops, "bytes accessed": nbytes}, ""
+  plain = config.copy_and_resolve_references()
+  plain.student.scan = False
+  unscanned = chips.step_cost(lower_step(plain, devices)[0].cost_analysis())[0]
+  scanned = chips.step_cost(result.lowered.cost_analysis())[0]
+  ratio = unscanned / scanned if scanned else 1.0
+  note = (f"(student.scan: XLA counts the scanned blocks once; FLOPs and bytes scaled by "
+          f"{ratio:.2f}, the unscanned/scanned FLOP ratio of the lowered step)")
+  return {"flops": flops * ratio, "bytes accessed": nbytes * ratio}, note
 
 
 def shard_bytes(tree: Any) -> int:
@@ -310,8 +340,9 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
           ("  of which aliased to donated args", m.alias), ("temporaries", m.temp),
           ("generated code", m.code), ("total (args + out - alias + temp + code)", m.total)]
   lines += [f"  {name:<42}{value / 2**20:11.1f}{value / GIB:9.3f}" for name, value in rows]
-  roof = ["", chips.roofline_table(result.compiled.cost_analysis(),
-                                    target=_GENERATION_OF_KIND.get(devices[0].device_kind))]
+  cost, note = step_cost(result, devices)
+  roof = ["", chips.roofline_table(cost, target=_GENERATION_OF_KIND.get(devices[0].device_kind))]
+  roof += [note] if note else []
   if hbm is None:
     lines.append("  (no HBM size known for this device: no verdict; pass --hbm_gib)")
     return "\n".join(lines + roof), True

@@ -200,3 +200,21 @@ def test_command_line_sweep_on_cpu_devices(tiny_vit_teacher_dir):
   rows = [line.split() for line in r.stdout.splitlines() if line.startswith(("  none", "  full"))]
   assert [row[:4] for row in rows] == [["none", "1", "8", "2"], ["full", "1", "8", "2"]]
   assert all(row[-2:] == ["cap", "8"] for row in rows)
+
+
+def test_cost_of_a_scanned_student_counts_every_block(tiny_vit_teacher_dir):
+  """XLA's cost analysis counts a scan's body once; `step_cost` scales it back: the scanned
+  step's FLOPs come within 5% of the unscanned step's (4 CPU devices, the tiny config)."""
+  devices = aot.cpu_devices(4)
+  costs = {}
+  for scan in (False, True):
+    config = tiny_config(tiny_vit_teacher_dir)
+    config.student.scan = scan
+    result = aot.compile_step(config, devices)
+    raw = aot.chips.step_cost(result.compiled.cost_analysis())[0]
+    cost, note = aot.step_cost(result, devices)
+    costs[scan] = (raw, cost["flops"], note)
+  assert costs[False][0] == costs[False][1] and costs[False][2] == ""
+  assert costs[True][0] < 0.9 * costs[False][0]  # the bug this corrects: blocks counted once
+  assert costs[True][1] == pytest.approx(costs[False][1], rel=0.05)  # measured: 2% apart
+  assert "student.scan" in costs[True][2]
