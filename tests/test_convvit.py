@@ -153,3 +153,13 @@ def test_every_parameter_has_logical_names():
   assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
   for x in leaves:
     assert len(x.names) == x.value.ndim and any(x.names), x.names
+
+
+def test_vit_only_switches_are_refused_for_a_hybrid():
+  from configs import mrmcmae_b16_clip_b16  # pylint: disable=import-outside-toplevel
+  from mim_jax.objectives import common  # pylint: disable=import-outside-toplevel
+  c = mrmcmae_b16_clip_b16.get_config("runlocal=True")
+  assert isinstance(common.make_student(c), ConvViT)
+  c.student.rel_pos, c.student.scan = "shared", True
+  with pytest.raises(ValueError, match=r"no rel_pos='shared', scan=True: reset student.rel_pos"):
+    common.make_student(c)

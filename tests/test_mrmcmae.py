@@ -11,6 +11,7 @@ import pytest
 
 from configs import finetune, mrmcmae_b16_clip_b16
 from mim_jax import export, optim, train
+from mim_jax.analysis import cli
 from mim_jax.models.convvit import ConvViT
 from mim_jax.objectives import mrmae
 
@@ -37,7 +38,7 @@ def mrmcmae_workdir(tmp_path_factory, tiny_vit_teacher_dir):
   c = mrmcmae_b16_clip_b16.get_config("runlocal=True")
   c.teacher.spec = tiny_vit_teacher_dir  # a real transformers checkpoint, random weights
   c.total_steps, c.checkpoint_every, c.async_checkpoint = 4, 4, False
-  c.eval.every, c.eval.batch_size = 4, 64
+  c.eval.every, c.eval.batch_size = 4, 512  # few, large kNN batches: less to run
   workdir = str(tmp_path_factory.mktemp("mrmcmae"))
   train.train_and_evaluate(c, workdir)
   return workdir
@@ -68,6 +69,18 @@ def test_knn_then_finetune_from_the_hybrid_workdir(mrmcmae_workdir, tmp_path):
   with pytest.raises(ValueError, match="hybrid"):
     export.export_workdir(str(tmp_path / "ft"), str(tmp_path / "out"), "timm")
   assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_analysis_of_the_hybrid_workdir(mrmcmae_workdir, tmp_path):
+  """The analysis CLI on the hybrid: per transformer block and head, the mean token in the CLS
+  slot (see models/convvit.py)."""
+  report = cli.main(["--workdir", mrmcmae_workdir, "--out", str(tmp_path), "--batch_size", "8"])
+  m = report["measures"]["student"]
+  assert report["grid"] == [4, 4]
+  assert np.asarray(m["attention_distance"]).shape == (2, 2)  # Convnano: 2 blocks of 2 heads
+  assert np.isfinite(np.asarray(m["attention_entropy"])).all()
+  assert os.path.isfile(tmp_path / "analysis.json")
 
 
 def test_finetune_recipe_of_the_paper():

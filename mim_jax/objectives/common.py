@@ -67,6 +67,7 @@ def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvVi
   ("ConvB/16") builds `ConvViT`, with `student.stage_skips` (its pretraining-only skips)."""
   s = config.student
   if config_lib.is_hybrid(s.variant):
+    _check_hybrid_options(s)
     kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
                   stage_skips=bool(s.get("stage_skips", False)), remat=s.remat,
                   dtype=compute_dtype(config))
@@ -77,6 +78,18 @@ def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvVi
                 remat=s.remat, scan=bool(s.get("scan", False)), dtype=compute_dtype(config))
   kwargs.update(overrides)
   return ViT.from_variant(s.variant, **kwargs)
+
+
+def _check_hybrid_options(s: ml_collections.ConfigDict) -> None:
+  """The ViT-only student switches stay at their defaults for a hybrid student (which has no
+  relative position bias, layer scale, BEiT init or scanned blocks): none is ignored silently."""
+  set_ = {k: s.get(k) for k, off in (("rel_pos", "none"), ("layer_scale", None),
+                                     ("weight_init", "mae"), ("scan", False))
+          if s.get(k, off) != off}
+  if set_:
+    raise ValueError(f"student.variant {s.variant!r} is a hybrid ConvViT, which has no "
+                     f"{', '.join(f'{k}={v!r}' for k, v in set_.items())}: reset "
+                     f"{', '.join('student.' + k for k in set_)}.")
 
 
 def normalize_target(x: jax.Array, norm: str, eps: float = 1e-5) -> jax.Array:
