@@ -27,9 +27,11 @@ def base(method: str) -> ml_collections.ConfigDict:
   # "full" | "dots" | "dots_no_batch" | "offload" (TPU/GPU); the memory lever for big students.
   # scan: the blocks under nn.scan (compile time flat in depth; parameters stacked on a leading
   # "layers" axis, converted by init_from and export; no robust-MAE mid-depth tokens).
+  # A hybrid variant ("ConvB/16", mim_jax/models/convvit.py) reads variant, drop_path, posemb,
+  # remat and stage_skips (its pretraining-only stage-1/2 skips; True for MR-MCMAE pretraining).
   c.student = ml_collections.ConfigDict(dict(variant="B/16", drop_path=0.1, posemb="sincos",
                                              rel_pos="none", weight_init="mae", remat="none",
-                                             scan=False))
+                                             scan=False, stage_skips=False))
   c.student.layer_scale = ml_collections.FieldReference(None, field_type=float)
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
   # None for methods without a teacher. Several teachers (MR-MAE's joint mimicking only):

@@ -84,8 +84,7 @@ def pretraining_student(recipe: str, variant: str, runlocal: bool, drop_path: fl
   student.drop_path = drop_path
   if student.rel_pos == "shared":
     student.rel_pos = "per_layer"
-  if "stage_skips" in student:
-    student.stage_skips = False
+  student.stage_skips = False
   return student
 
 

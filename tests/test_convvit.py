@@ -163,3 +163,7 @@ def test_vit_only_switches_are_refused_for_a_hybrid():
   c.student.rel_pos, c.student.scan = "shared", True
   with pytest.raises(ValueError, match=r"no rel_pos='shared', scan=True: reset student.rel_pos"):
     common.make_student(c)
+  c.student.rel_pos, c.student.scan = "none", False
+  c.student.variant = "nano/4"
+  with pytest.raises(ValueError, match="stage_skips=True needs a hybrid student"):
+    common.make_student(c)

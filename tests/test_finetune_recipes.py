@@ -38,7 +38,7 @@ def test_classifier_student_is_the_pretrained_one(recipe, variant):
     assert ft.student.rel_pos == "per_layer"
     table = want.pop("rel_pos_bias/table")
     want.update({f"rel_pos_bias_{i}/table": table for i in range(2)})
-  if pre.student.get("stage_skips"):
+  if pre.student.stage_skips:
     assert not ft.student.stage_skips
     want = {k: v for k, v in want.items() if not k.startswith(("skip1/", "skip2/"))}
   assert student_shapes(ft) == want

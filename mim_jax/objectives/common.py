@@ -73,6 +73,9 @@ def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvVi
                   dtype=compute_dtype(config))
     kwargs.update(overrides)
     return ConvViT.from_variant(s.variant, **kwargs)
+  if s.get("stage_skips"):
+    raise ValueError(f"student.stage_skips=True needs a hybrid student (e.g. ConvB/16); "
+                     f"{s.variant!r} is a ViT: set student.stage_skips=False.")
   kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
                 rel_pos=s.rel_pos, layer_scale=s.layer_scale, weight_init=s.weight_init,
                 remat=s.remat, scan=bool(s.get("scan", False)), dtype=compute_dtype(config))
