@@ -255,7 +255,6 @@ class Compiled:
   memory: Memory
   mesh_shape: dict[str, int]
   teacher_bytes: int = 0  # per device: the teachers' parameter shards among the arguments
-  lowered: Any = None  # jax.stages.Lowered, for the cost of a scanned student (`step_cost`)
 
 
 def lower_step(config: ml_collections.ConfigDict, devices: Sequence[Any]
@@ -287,28 +286,33 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
       raise
     raise CompilerOutOfMemory(str(e)) from None
   return Compiled(compiled=compiled, setup=setup, memory=memory_of(compiled),
-                  mesh_shape=dict(mesh.shape), teacher_bytes=shard_bytes(t_params),
-                  lowered=lowered)
+                  mesh_shape=dict(mesh.shape), teacher_bytes=shard_bytes(t_params))
 
 
-def step_cost(result: Compiled, devices: Sequence[Any]) -> tuple[dict[str, float], str]:
+def step_cost(result: Compiled) -> tuple[dict[str, float], str]:
   """XLA's cost of the compiled step per chip, {"flops", "bytes accessed"}, and a note.
 
   XLA's cost analysis counts a loop's body once, so a scanned student's blocks would count as
-  one: then both figures are scaled by the ratio of the FLOPs of the unscanned step to the
-  scanned one, both lowered (unoptimised, not compiled) -- an approximation, and the note says so.
+  one: then both figures are scaled by the ratio of the FLOPs of the unscanned to the scanned
+  step, each lowered (not compiled) for one CPU device at the per-chip batch (libtpu gives no
+  cost of a lowered step) -- an approximation, and the note says so.
   """
   flops, nbytes = chips.step_cost(result.compiled.cost_analysis())
   config = result.setup.config
-  if not config.student.get("scan") or result.lowered is None:
+  if not config.student.get("scan"):
     return {"flops": flops, "bytes accessed": nbytes}, ""
-  plain = config.copy_and_resolve_references()
-  plain.student.scan = False
-  unscanned = chips.step_cost(lower_step(plain, devices)[0].cost_analysis())[0]
-  scanned = chips.step_cost(result.lowered.cost_analysis())[0]
-  ratio = unscanned / scanned if scanned else 1.0
+  shards = result.mesh_shape["data"] * result.mesh_shape["fsdp"]
+  lowered_flops = {}
+  for scan in (False, True):
+    one = config.copy_and_resolve_references()
+    one.student.scan, one.cpu_matmul_layout = scan, False
+    one.mesh.data, one.mesh.fsdp, one.mesh.model = 1, 1, 1
+    one.batch_size = config.batch_size // max(shards, 1)
+    lowered = lower_step(one, jax.devices("cpu")[:1])[0]
+    lowered_flops[scan] = chips.step_cost(lowered.cost_analysis())[0]
+  ratio = lowered_flops[False] / lowered_flops[True] if lowered_flops[True] else 1.0
   note = (f"(student.scan: XLA counts the scanned blocks once; FLOPs and bytes scaled by "
-          f"{ratio:.2f}, the unscanned/scanned FLOP ratio of the lowered step)")
+          f"{ratio:.2f}, the unscanned/scanned FLOP ratio of the step lowered for one CPU device)")
   return {"flops": flops * ratio, "bytes accessed": nbytes * ratio}, note
 
 
@@ -340,7 +344,7 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
           ("  of which aliased to donated args", m.alias), ("temporaries", m.temp),
           ("generated code", m.code), ("total (args + out - alias + temp + code)", m.total)]
   lines += [f"  {name:<42}{value / 2**20:11.1f}{value / GIB:9.3f}" for name, value in rows]
-  cost, note = step_cost(result, devices)
+  cost, note = step_cost(result)
   roof = ["", chips.roofline_table(cost, target=_GENERATION_OF_KIND.get(devices[0].device_kind))]
   roof += [note] if note else []
   if hbm is None:

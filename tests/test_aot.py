@@ -212,7 +212,7 @@ def test_cost_of_a_scanned_student_counts_every_block(tiny_vit_teacher_dir):
     config.student.scan = scan
     result = aot.compile_step(config, devices)
     raw = aot.chips.step_cost(result.compiled.cost_analysis())[0]
-    cost, note = aot.step_cost(result, devices)
+    cost, note = aot.step_cost(result)
     costs[scan] = (raw, cost["flops"], note)
   assert costs[False][0] == costs[False][1] and costs[False][2] == ""
   assert costs[True][0] < 0.9 * costs[False][0]  # the bug this corrects: blocks counted once
