@@ -425,6 +425,13 @@ class PatchEmbed(nn.Module):
     return y
 
 
+def patch_grid(image_size: int, patch: int) -> tuple[int, int]:
+  """(g, g) tokens of a square image of side `image_size` cut into patch x patch patches."""
+  if image_size % patch:
+    raise ValueError(f"image_size {image_size} is not a multiple of patch {patch}")
+  return (image_size // patch, image_size // patch)
+
+
 def posemb_sincos_2d(grid: tuple[int, int], width: int, cls_token: bool = False) -> jax.Array:
   """MAE's fixed 2-D sin-cos embedding, [gh*gw (+1), width].
 

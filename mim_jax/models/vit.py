@@ -181,10 +181,7 @@ class ViT(nn.Module):
 
   @property
   def grid(self) -> tuple[int, int]:
-    if self.image_size % self.patch:
-      raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
-    g = self.image_size // self.patch
-    return (g, g)
+    return layers.patch_grid(self.image_size, self.patch)
 
   @property
   def num_patches(self) -> int:
