@@ -4,12 +4,16 @@ r"""Ahead-of-time compilation of the real train step for a target topology, and 
       --config.batch_size=4096 [--config.mesh.fsdp=16 ...]
   python -m mim_jax.aot --config configs/maskalign_b16_clip_b16.py:runlocal=True \
       --config.teacher.spec=/path/to/tiny_teacher --platform cpu --devices 8
+  python -m mim_jax.aot ... --sweep --sweep_remat=none,full --sweep_fsdp=1,16
+      (the largest global batch that fits, per remat policy and fsdp value)
 
 Out-of-memory shows up here, on a laptop, instead of on the pod: the step that `train.py` runs is
 built from the same config (same `make_setup`, same shardings, same donation), lowered with
 abstract arguments (`jax.ShapeDtypeStruct`; no parameter, teacher weight or image is ever
 materialised) and compiled by XLA for the target's devices. The compiler's own memory analysis
-per device is then compared with the chip's HBM. Exit status: 0 fits, 1 OUT OF MEMORY, 2 bad input.
+per device is then compared with the chip's HBM, and XLA's cost analysis (FLOPs, bytes) gives a
+roofline estimate of the step time per chip generation (`mim_jax/chips.py`). Exit status: 0
+fits, 1 OUT OF MEMORY, 2 bad input.
 
 TPU topologies (`--platform tpu`, the default) need libtpu (`pip install -r
 requirements-tpu.txt`); no TPU is needed: `jax.experimental.topologies` makes compile-only devices
