@@ -61,8 +61,9 @@ class Setup:
 
   @property
   def cpu_matmul_layout(self) -> bool:
-    """Whether bf16 matmuls use the CPU layout copy (`layers.cpu_matmul_layout`): only for a
-    single CPU device, where no array is sharded, and only while `config.cpu_matmul_layout`."""
+    """Whether the CPU layout switches apply (`layers.cpu_matmul_layout`: bf16 operand copies,
+    residual cotangent barriers): only for a single CPU device, where no array is sharded, and
+    only while `config.cpu_matmul_layout`."""
     return (self.config.get("cpu_matmul_layout", True) and self.target_platform == "cpu"
             and self.mesh.devices.size == 1)
 

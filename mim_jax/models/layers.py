@@ -14,7 +14,9 @@ one plain einsum, so sharding propagation keeps every operand's sharding. Inside
 `with cpu_matmul_layout():` (entered by the train step only when it is compiled for a single CPU
 device, `Setup.cpu_matmul_layout`) bf16 operands are copied into canonical [batch, M, K] order
 first, which sends XLA's CPU backend to its fast bf16 kernel; that copy flattens arrays behind an
-optimization barrier, which would destroy a sharded axis, hence never on a mesh.
+optimization barrier, which would destroy a sharded axis, hence never on a mesh. The same switch
+materialises each block's residual cotangent once (`cpu_cotangent_barrier`, float32 and bf16):
+XLA's CPU fusion otherwise recomputes it inside every consumer, quadratic in depth.
 
 Logical axis names used for sharding: batch, length, embed, heads, kv, mlp, vocab.
 """
@@ -135,6 +137,33 @@ def _mixed_einsum_bwd(spec, dtype, cpu_layout, res, g):
 
 
 _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+@jax.custom_vjp
+def _materialized_cotangent(x: jax.Array) -> jax.Array:
+  return x
+
+
+def _materialized_cotangent_fwd(x):
+  return x, None
+
+
+def _materialized_cotangent_bwd(_, g):
+  return (jax.lax.optimization_barrier(g),)
+
+
+_materialized_cotangent.defvjp(_materialized_cotangent_fwd, _materialized_cotangent_bwd)
+
+
+def cpu_cotangent_barrier(x: jax.Array) -> jax.Array:
+  """x, whose cotangent is materialised once in the backward pass (inside
+  `cpu_matmul_layout()` only; elsewhere x itself).
+
+  Without it XLA's CPU fusion recomputes the residual stream's cotangent, a long elementwise
+  chain back through every later block, inside each consumer (the transposed copies of the
+  weight gradients): quadratic in depth. A barrier on an unreshaped array keeps its sharding.
+  """
+  return _materialized_cotangent(x) if _cpu_layout_active() else x
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32) -> jax.Array:
@@ -345,6 +374,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, bias: Optional[jax.Array] = None,
                deterministic: bool = True, return_probs: bool = False):
+    x = cpu_cotangent_barrier(x)
     y, probs = Attention(self.num_heads, self.qkv_bias, self.dtype, self.attn_drop,
                          self.qkv_init, self.out_init, name="attn")(
                              LayerNorm(self.ln_eps, name="ln1")(x), bias, deterministic,
