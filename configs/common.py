@@ -28,7 +28,8 @@ def base(method: str) -> ml_collections.ConfigDict:
   # remat: what each block keeps for the backward pass (layers.REMAT_POLICIES): "none" |
   # "full" | "dots" | "dots_no_batch" | "offload" (TPU/GPU); the memory lever for big students.
   # scan: the blocks under nn.scan (compile time flat in depth; parameters stacked on a leading
-  # "layers" axis, converted by init_from and export; no robust-MAE mid-depth tokens).
+  # "layers" axis, converted by init_from and export; robust MAE's mid-depth tokens split the
+  # stack in two at mid_mask_depth: "layers" and "layers_{depth}").
   # A hybrid variant ("ConvB/16", mim_jax/models/convvit.py) reads variant, drop_path, posemb,
   # remat and stage_skips (its pretraining-only stage-1/2 skips; True for MR-MCMAE pretraining).
   c.student = ml_collections.ConfigDict(dict(variant="B/16", drop_path=0.1, posemb="sincos",

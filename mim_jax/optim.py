@@ -17,7 +17,7 @@ it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -99,16 +99,28 @@ def layer_decay_scales(params: Any, decay: float) -> Any:
   leaves = jax.tree_util.tree_leaves_with_path(params)
   paths = [_path_names(p) for p, _ in leaves]
   blocks = {int(m.group(1)) for names in paths for n in names for m in [_BLOCK.match(n)] if m}
-  stacked = [np.shape(x)[0] for names, (_, x) in zip(paths, leaves) if vit_lib.SCANNED in names]
-  depth = len(blocks) + (stacked[0] if stacked else 0)
+  stacks = {}  # first block of a scanned stack -> its length
+  for names, (_, x) in zip(paths, leaves):
+    start = _stack_start(names)
+    if start is not None:
+      stacks[start] = np.shape(x)[0]
+  depth = len(blocks) + sum(stacks.values())
 
   def scale(path, x):
     names = _path_names(path)
-    if vit_lib.SCANNED in names:  # rows are blocks 0..depth-1, layers 1..depth
-      rows = float(decay) ** (depth - np.arange(depth, dtype=np.float32))
-      return rows.reshape((depth,) + (1,) * (np.ndim(x) - 1))
+    start = _stack_start(names)
+    if start is not None:  # rows are blocks start.., layers start + 1..
+      rows = float(decay) ** (depth - start - np.arange(stacks[start], dtype=np.float32))
+      return rows.reshape((stacks[start],) + (1,) * (np.ndim(x) - 1))
     return float(decay) ** (depth + 1 - layer_id(names, depth))
   return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def _stack_start(names: Sequence[str]) -> Optional[int]:
+  """The first block of the scanned stack a parameter lies in (`layers`: 0, `layers_{k}`: k),
+  or None outside one."""
+  starts = [k for k in map(vit_lib.stack_start, names) if k is not None]
+  return starts[0] if starts else None
 
 
 def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:

@@ -107,11 +107,52 @@ def test_scanned_options_attention_and_layout(kw):
   assert len(a1["blocks"]) == 3
 
 
-def test_scan_refuses_mid_depth_tokens():
-  model = ViT(patch=4, width=32, depth=3, num_heads=2, mlp_dim=64, image_size=16, scan=True)
-  with pytest.raises(ValueError, match="student.scan=True cannot insert"):
-    jax.eval_shape(lambda m: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
-                                        mid_mask=m, mid_depth=1), jnp.zeros((1, 16)))
+@pytest.mark.parametrize("mid_depth", [0, 1, 2])
+def test_robust_mae_mid_tokens_scanned_equal_unscanned(mid_depth):
+  """Robust MAE's mid-depth tokens under scan: the stack splits at the insertion (two scans,
+  `layers` and `layers_{k}`; one when k = 0) and computes what the unscanned blocks compute,
+  loss and every gradient."""
+  from tests.test_mae import mae_config  # pylint: disable=import-outside-toplevel
+  from mim_jax.objectives import mae  # pylint: disable=import-outside-toplevel
+  config = mae_config("micro/4", mid_mask_ratio=0.25, mid_mask_depth=mid_depth)  # 4 blocks
+  config.data.image_size = 16
+  config.student.update(rel_pos="shared", drop_path=0.0)  # the shared table reads positions
+  config.objective.decoder.update(width=16, depth=1, heads=2, mlp_dim=32)
+  model = mae.make_model(config)
+  masks = masking.random_masks(jax.random.key(0), 2, 16, 0.75)
+  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  params = random_params(model, images, masks)
+  starts = (0, mid_depth) if mid_depth else (0,)
+  stacked_shapes = nn.unbox(jax.eval_shape(scanned(model).init, jax.random.key(2), images,
+                                           masks))["params"]["student"]
+  assert vit_lib.stack_starts(stacked_shapes) == starts
+
+  def loss_of(m):
+    return lambda p: mae.loss_fn(m.apply({"params": p}, images, masks), None, masks,
+                                 {"image": images}, config)[0]
+
+  depth = model.student.depth
+  l0, g0 = jax.jit(jax.value_and_grad(loss_of(model)))(params)
+  stacked = {**params, "student": vit_lib.stack_blocks(params["student"], depth, starts)}
+  l1, g1 = jax.jit(jax.value_and_grad(loss_of(scanned(model))))(stacked)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  assert float(jnp.abs(g0["student"]["mid_mask_token"]).max()) > 0
+  chex.assert_trees_all_close({**g1, "student": vit_lib.unstack_blocks(g1["student"])}, g0,
+                              rtol=1e-5, atol=1e-7)
+
+
+def test_split_stacks_restack_and_decay_by_block():
+  """`layers` + `layers_2`: unstack/stack are inverse, and layer decay gives each row its
+  block's scale, as for the unscanned blocks."""
+  params = {f"block{i}": {"k": np.full((4, 5), i, np.float32)} for i in range(3)}
+  stacked = vit_lib.stack_blocks(params, 3, (0, 2))
+  assert sorted(stacked) == ["layers", "layers_2"]
+  assert stacked["layers"]["block"]["k"].shape == (2, 4, 5)
+  chex.assert_trees_all_equal(vit_lib.unstack_blocks(stacked), params)
+  s = optim.layer_decay_scales({"student": stacked}, 0.5)["student"]
+  np.testing.assert_allclose(np.concatenate([s["layers"]["block"]["k"].ravel(),
+                                             s["layers_2"]["block"]["k"].ravel()]),
+                             [0.5 ** 3, 0.5 ** 2, 0.5])
 
 
 def test_layer_decay_of_the_stack_matches_the_blocks():

@@ -25,7 +25,8 @@ residual stream after each block (before the final LayerNorm), a tuple of `depth
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -156,7 +157,9 @@ class ViT(nn.Module):
       `block{i}` layout, which init_from and export use. Per-block outputs come back as the
       scan's outputs (`aux["blocks"]` unchanged); asking for attention of any layer returns it
       for all layers inside the scan (costly: analysis-sized batches only). Robust MAE's
-      mid-depth tokens change the sequence inside the stack and are refused.
+      mid-depth tokens change the sequence inside the stack, so with them (`mid_depth` k > 0)
+      the stack is two scans: blocks [0, k) in `layers` and [k, depth) in `layers_{k}`
+      (`stack_starts` reads the segments back from a parameter tree).
   """
   patch: int
   width: int
@@ -294,11 +297,9 @@ class ViT(nn.Module):
       fuse: blocks summed before the final norm (see `__call__`); () = the last block.
     """
     if self.scan:
-      if mid_fn is not None:
-        raise ValueError("student.scan=True cannot insert robust MAE's mid-depth tokens (the "
-                         "sequence changes inside the scanned stack); set student.scan=False.")
       return self._encode_scanned(x, train=train, attn_layers=attn_layers, bias=bias,
-                                  positions=positions, fuse=fuse)
+                                  positions=positions, fuse=fuse, mid_depth=mid_depth,
+                                  mid_fn=mid_fn)
     blocks, attn = [], {}
     wanted = {i % self.depth for i in attn_layers}
     shared = (RelativePositionBias(self.grid, self.num_heads, name="rel_pos_bias")
@@ -329,31 +330,61 @@ class ViT(nn.Module):
 
   def _encode_scanned(self, x: jax.Array, *, train: bool, attn_layers: Sequence[int],
                       bias: Optional[jax.Array], positions: Optional[jax.Array],
-                      fuse: Sequence[int]):
-    """`encode` with the blocks under `nn.scan` (see the class docstring)."""
+                      fuse: Sequence[int], mid_depth: Optional[int] = None,
+                      mid_fn: Optional[Callable] = None):
+    """`encode` with the blocks under `nn.scan`: one scan, or two split at `mid_depth` when
+    `mid_fn` changes the sequence there (see the class docstring)."""
     wanted = sorted({i % self.depth for i in attn_layers})
-    if self.rel_pos == "shared":
-      bias = _add_bias(bias, RelativePositionBias(self.grid, self.num_heads,
-                                                  name="rel_pos_bias")(positions))
-    stack = nn.scan(ScannedLayer, variable_axes={"params": 0},
-                    split_rngs={"params": True, "dropout": True},
-                    in_axes=(0, nn.broadcast, nn.broadcast), length=self.depth,
-                    metadata_params={nn.PARTITION_NAME: "layers"})
-    x, (outs, probs) = stack(
-        self.num_heads, self.mlp_dim, self.depth, drop_path=self.drop_path,
-        layer_scale=self.layer_scale, dtype=self.dtype, remat=self.remat,
-        weight_init=self.weight_init, table_grid=self.grid if self.rel_pos == "per_layer" else None,
-        deterministic=not train, return_probs=bool(wanted), name=SCANNED,
-    )(x, jnp.arange(self.depth), bias, positions)
-    blocks = tuple(outs[i] for i in range(self.depth))  # [depth, B, L, D] -> depth arrays
+    split = mid_depth if mid_fn is not None else 0
+    shared = (RelativePositionBias(self.grid, self.num_heads, name="rel_pos_bias")
+              if self.rel_pos == "shared" else None)
+    blocks, attn = [], {}
+    for start, stop in ((0, split), (split, self.depth)):
+      if start == stop:
+        continue
+      if mid_fn is not None and start == split:
+        x, positions = mid_fn(x, positions)
+      seg_bias = bias if shared is None else _add_bias(bias, shared(positions))
+      seg_wanted = [i for i in wanted if start <= i < stop]
+      stack = nn.scan(ScannedLayer, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(0, nn.broadcast, nn.broadcast), length=stop - start,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, (outs, probs) = stack(
+          self.num_heads, self.mlp_dim, self.depth, drop_path=self.drop_path,
+          layer_scale=self.layer_scale, dtype=self.dtype, remat=self.remat,
+          weight_init=self.weight_init,
+          table_grid=self.grid if self.rel_pos == "per_layer" else None,
+          deterministic=not train, return_probs=bool(seg_wanted), name=stack_name(start),
+      )(x, jnp.arange(start, stop), seg_bias, positions)
+      blocks += [outs[i] for i in range(stop - start)]  # [n, B, L, D] -> n arrays
+      attn.update({i: probs[i - start] for i in seg_wanted})
     if fuse:
       x = sum(blocks[i] for i in fuse)
     out = layers.LayerNorm(1e-6, name="norm")(x)
-    return out, {"blocks": blocks, "attn": {i: probs[i] for i in wanted}}
+    return out, {"blocks": tuple(blocks), "attn": attn}
 
 
-# The scanned stack's name in the parameter tree, and its per-layer children.
+# The scanned stack's name in the parameter tree (blocks from 0), and its per-layer children; a
+# stack that starts at block k > 0 (the second scan of a split stack) is `layers_{k}`.
 SCANNED = "layers"
+_STACK = re.compile(rf"^{SCANNED}(?:_(\d+))?$")
+
+
+def stack_name(start: int) -> str:
+  return SCANNED if start == 0 else f"{SCANNED}_{start}"
+
+
+def stack_start(key: str) -> Optional[int]:
+  """The first block of the scanned stack named `key` (`layers`: 0, `layers_{k}`: k), or None
+  for any other name."""
+  m = _STACK.match(key)
+  return int(m.group(1) or 0) if m else None
+
+
+def stack_starts(params: Mapping[str, Any]) -> tuple[int, ...]:
+  """The first block of each scanned stack in a student's parameters, sorted; () unscanned."""
+  return tuple(sorted(k for k in map(stack_start, params) if k is not None))
 
 
 class ScannedLayer(nn.Module):
@@ -402,30 +433,34 @@ def _stacked(leaves: Sequence[Any]) -> Any:
 
 def unstack_blocks(params: dict) -> dict:
   """A scanned student's parameters -> the `block{i}` (+ `rel_pos_bias_{i}`) layout of the
-  unscanned one; other entries kept. A tree without the stack is returned as it is. Leaves may
+  unscanned one; other entries kept. A tree without a stack is returned as it is. Leaves may
   be arrays or ShapeDtypeStructs (unboxed)."""
-  if SCANNED not in params:
-    return params
   params = dict(params)
-  stack = params.pop(SCANNED)
-  depth = jax.tree.leaves(stack["block"])[0].shape[0]
-  for i in range(depth):
-    params[f"block{i}"] = jax.tree.map(lambda a: _leaf_at(a, i), stack["block"])
-    if "rel_pos_bias" in stack:
-      params[f"rel_pos_bias_{i}"] = jax.tree.map(lambda a: _leaf_at(a, i), stack["rel_pos_bias"])
+  for start in stack_starts(params):
+    stack = params.pop(stack_name(start))
+    length = jax.tree.leaves(stack["block"])[0].shape[0]
+    for j in range(length):
+      params[f"block{start + j}"] = jax.tree.map(lambda a: _leaf_at(a, j), stack["block"])
+      if "rel_pos_bias" in stack:
+        params[f"rel_pos_bias_{start + j}"] = jax.tree.map(lambda a: _leaf_at(a, j),
+                                                           stack["rel_pos_bias"])
   return params
 
 
-def stack_blocks(params: dict, depth: int) -> dict:
+def stack_blocks(params: dict, depth: int, starts: Sequence[int] = (0,)) -> dict:
   """The inverse of `unstack_blocks`: `block{i}` (+ `rel_pos_bias_{i}`), i < depth, stacked
-  into `layers/block` (+ `layers/rel_pos_bias`)."""
+  into one stack per segment [starts[j], starts[j + 1]) (`layers/block`, `layers_{k}/block`, ...;
+  + `rel_pos_bias`)."""
   params = dict(params)
-  stack = {"block": jax.tree.map(lambda *a: _stacked(a),
-                                 *[params.pop(f"block{i}") for i in range(depth)])}
-  if "rel_pos_bias_0" in params:
-    stack["rel_pos_bias"] = jax.tree.map(
-        lambda *a: _stacked(a), *[params.pop(f"rel_pos_bias_{i}") for i in range(depth)])
-  params[SCANNED] = stack
+  bounds = list(starts) + [depth]
+  for start, stop in zip(bounds[:-1], bounds[1:]):
+    def stacked(prefix):
+      return jax.tree.map(lambda *a: _stacked(a),
+                          *[params.pop(f"{prefix}{i}") for i in range(start, stop)])
+    stack = {"block": stacked("block")}
+    if f"rel_pos_bias_{start}" in params:
+      stack["rel_pos_bias"] = stacked("rel_pos_bias_")
+    params[stack_name(start)] = stack
   return params
 
 

@@ -207,9 +207,6 @@ def mid_mask_count(config: ml_collections.ConfigDict, student: ViT) -> int:
   if count > n_masked:
     raise ValueError(f"mid_mask_ratio={obj.mid_mask_ratio} asks for {count} mid-level mask "
                      f"tokens, but only {n_masked} of {n_all} patches are masked.")
-  if student.scan:
-    raise ValueError(f"mid_mask_ratio={obj.mid_mask_ratio} inserts tokens inside the block "
-                     f"stack, which student.scan=True cannot; set student.scan=False.")
   if not 0 <= obj.mid_mask_depth < student.depth:
     raise ValueError(f"mid_mask_depth={obj.mid_mask_depth} is not a block of the "
                      f"{student.depth}-block student.")
