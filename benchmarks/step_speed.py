@@ -73,7 +73,7 @@ def main() -> None:
         f"MALLOC_CONF={os.environ.get('MALLOC_CONF', '-')}", flush=True)
   for precision in args.precision.split(","):
     dtype = "bfloat16" if precision == "bfloat16" else "float32"
-    peak = matmul_peak(2048, jax.numpy.dtype(dtype), 3)
+    peak = matmul_peak(2048, jax.numpy.dtype(dtype), 7)
     median, best, first = time_step(precision, args.batch, args.steps)
     rate = STEP_GFLOP * args.batch / 8 / median
     print(f"{precision:9s} batch {args.batch}: {median:6.2f} s/step (best {best:.2f}, first "
