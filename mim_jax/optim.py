@@ -41,16 +41,15 @@ def make_schedule(optim: ml_collections.ConfigDict, *, total_steps: int, warmup_
   warmup_steps = min(warmup_steps, total_steps)
   decay_steps = max(total_steps - warmup_steps, 1)
   kind = optim.get("schedule", "cosine")
-  if kind == "cosine":  # linear warmup from 0, cosine from lr to min_lr over the rest
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, warmup_steps + decay_steps,
-                                              end_value=min_lr)
-  if kind == "constant":
+  if kind == "cosine":  # cosine from lr to min_lr over the steps after the warmup
+    decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=min_lr / lr if lr else 0.0)
+  elif kind == "constant":
     decay = optax.constant_schedule(lr)
   elif kind == "linear":
     decay = optax.linear_schedule(lr, min_lr, decay_steps)
   else:
     raise ValueError(f"Unknown schedule {kind!r}: use 'cosine', 'linear' or 'constant'.")
-  if not warmup_steps:
+  if not warmup_steps:  # (optax warns of a 0-step linear schedule)
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay],
                               [warmup_steps])
