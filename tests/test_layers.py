@@ -1,4 +1,7 @@
 """Shared layers: mixed-precision einsum (forward and custom backward), attention maths."""
+import functools
+
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,20 +34,39 @@ def test_bf16_einsum_matches_f32_forward_and_backward(spec, sa, sb):
   assert not np.array_equal(g16[0], g32[0])  # the bf16 path really ran
 
 
-def test_bf16_block_backward_at_vit_b_shapes():
-  """The whole block in bf16 compiles and differentiates (jaxlib's batched bf16 dot bug)."""
+@pytest.mark.parametrize("cpu_layout", [False, True])
+def test_bf16_block_backward_at_vit_b_shapes(cpu_layout):
+  """The whole block in bf16 compiles and differentiates (jaxlib's batched bf16 dot bug), in
+  the plain layout and in the single-CPU-device one."""
   block = layers.Block(num_heads=12, mlp_dim=3072, dtype=jnp.bfloat16)
   x = jax.random.normal(jax.random.key(0), (2, 197, 768))
   params = nn.unbox(block.init(jax.random.key(1), x))
-  g = jax.jit(jax.grad(lambda p: block.apply(p, x)[0].sum()))(params)
+  with layers.cpu_matmul_layout(cpu_layout):
+    g = jax.jit(jax.grad(lambda p: block.apply(p, x)[0].sum()))(params)
   assert all(np.isfinite(l).all() for l in jax.tree.leaves(g))
 
 
-def test_attention_equals_naive_numpy():
+def test_cpu_layout_gives_the_same_block_gradients():
+  """The single-CPU-device layout (qkv in its natural layout, cotangent barrier) changes the
+  program, not the numbers: float32 block gradients equal the plain layout's."""
+  block = layers.Block(num_heads=4, mlp_dim=64)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 32))
+  params = nn.unbox(block.init(jax.random.key(1), x))
+  grads = []
+  for cpu_layout in (False, True):
+    with layers.cpu_matmul_layout(cpu_layout):
+      grads.append(jax.jit(jax.grad(lambda p, x: (block.apply(p, x)[0] ** 2).mean(),
+                                    argnums=(0, 1)))(params, x))
+  chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cpu_layout", [False, True])
+def test_attention_equals_naive_numpy(cpu_layout):
   attn = layers.Attention(num_heads=2)
   x = jax.random.normal(jax.random.key(0), (2, 5, 8))
   params = nn.unbox(attn.init(jax.random.key(1), x))["params"]
-  y, probs = attn.apply({"params": params}, x, return_probs=True)
+  with layers.cpu_matmul_layout(cpu_layout):
+    y, probs = jax.jit(functools.partial(attn.apply, return_probs=True))({"params": params}, x)
   xn = np.asarray(x, np.float64)
   qkv = np.einsum("bld,dthk->tblhk", xn, params["qkv_kernel"]) + \
       np.asarray(params["qkv_bias"])[:, None, None]  # [3, B, L, H, Dh]

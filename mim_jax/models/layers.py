@@ -16,7 +16,8 @@ device, `Setup.cpu_matmul_layout`) bf16 operands are copied into canonical [batc
 first, which sends XLA's CPU backend to its fast bf16 kernel; that copy flattens arrays behind an
 optimization barrier, which would destroy a sharded axis, hence never on a mesh. The same switch
 materialises each block's residual cotangent once (`cpu_cotangent_barrier`, float32 and bf16):
-XLA's CPU fusion otherwise recomputes it inside every consumer, quadratic in depth.
+XLA's CPU fusion otherwise recomputes it inside every consumer, quadratic in depth; and it
+computes the qkv projection in its natural layout (`qkv_projection`).
 
 Logical axis names used for sharding: batch, length, embed, heads, kv, mlp, vocab.
 """
@@ -285,6 +286,22 @@ class TracedDropPath(nn.Module):
                           jnp.zeros_like(x))
 
 
+def qkv_projection(x: jax.Array, w_qkv: jax.Array, dtype: Dtype) -> jax.Array:
+  """x [B, L, D] @ w_qkv [D, 3, H, Dh] -> [3, B, H, L, Dh] (float32).
+
+  Inside `cpu_matmul_layout()`: one [B L, D] x [D, 3 H Dh] matmul in the natural layout,
+  materialised, then transposed head-major. XLA's CPU layout assignment otherwise computes it as
+  w^T x^T: a transposed copy of the kernel in every step (the frozen teacher's too), and a
+  weight gradient that AdamW reads transposed.
+  """
+  if not _cpu_layout_active():
+    return einsum("bld,dthk->tbhlk", x, w_qkv, dtype)
+  b, l, d = x.shape
+  _, t, h, dh = w_qkv.shape
+  y = jax.lax.optimization_barrier(einsum("bld,dj->blj", x, w_qkv.reshape(d, t * h * dh), dtype))
+  return y.reshape(b, l, t, h, dh).transpose(2, 0, 3, 1, 4)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv kernel [D, 3, H, Dh].
 
@@ -312,7 +329,7 @@ class Attention(nn.Module):
                        (d, 3, h, dh), F32)
     # Head-major [B, H, L, Dh] operands: jaxlib 0.10.2's CPU DotThunk rejects some backward
     # dots of the [B, L, H, Dh] layout in bf16 (tests/test_layers.py pins the working form).
-    qkv = einsum("bld,dthk->tbhlk", x, w_qkv, self.dtype)
+    qkv = qkv_projection(x, w_qkv, self.dtype)
     if self.qkv_bias:
       qkv = qkv + self.param("qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")),
                              (3, h, dh), F32)[:, None, :, None]
