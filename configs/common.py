@@ -17,10 +17,10 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.method = method
   c.seed = 0
   c.precision = "float32"  # matmul inputs: "float32" | "bfloat16" (parameters stay float32)
-  # bf16 matmuls copy their operands into the layout XLA's fast CPU kernel wants, and each
-  # block's residual cotangent is materialised once (XLA's CPU fusion would recompute it in every
-  # consumer); applies only when the step is compiled for ONE CPU device (never for TPU/GPU or a
-  # sharded mesh).
+  # bf16 matmuls copy their operands into the layout XLA's fast CPU kernel wants, each block's
+  # residual cotangent is materialised once (XLA's CPU fusion would recompute it in every
+  # consumer) and the qkv projection runs in its natural layout; applies only when the step is
+  # compiled for ONE CPU device (never for TPU/GPU or a sharded mesh).
   c.cpu_matmul_layout = True
 
   # The student's options (mim_jax/models/vit.py): MAE's by default; MaskDistill / FD set BEiT's

@@ -62,8 +62,8 @@ class Setup:
   @property
   def cpu_matmul_layout(self) -> bool:
     """Whether the CPU layout switches apply (`layers.cpu_matmul_layout`: bf16 operand copies,
-    residual cotangent barriers): only for a single CPU device, where no array is sharded, and
-    only while `config.cpu_matmul_layout`."""
+    residual cotangent barriers, the natural-layout qkv projection): only for a single CPU
+    device, where no array is sharded, and only while `config.cpu_matmul_layout`."""
     return (self.config.get("cpu_matmul_layout", True) and self.target_platform == "cpu"
             and self.mesh.devices.size == 1)
 
