@@ -12,9 +12,10 @@ cotangent). Everything else (LayerNorm, softmax, residual stream) stays float32.
 Matmul layout: by default (every TPU/GPU target, and CPU meshes of several devices) a matmul is
 one plain einsum, so sharding propagation keeps every operand's sharding. Inside
 `with cpu_matmul_layout():` (entered by the train step only when it is compiled for a single CPU
-device, `Setup.cpu_matmul_layout`) bf16 operands are copied into canonical [batch, M, K] order
-first, which sends XLA's CPU backend to its fast bf16 kernel; that copy flattens arrays behind an
-optimization barrier, which would destroy a sharded axis, hence never on a mesh. The same switch
+device, `Setup.cpu_matmul_layout`) bf16 operands that are not already in a layout XLA's CPU
+backend sends to its fast bf16 kernel ([batch, M, K] x [batch, K, N] or [batch, N, K]) are copied
+into one first; that copy flattens arrays behind an optimization barrier, which would destroy a
+sharded axis, hence never on a mesh. The same switch
 materialises each block's residual cotangent once (`cpu_cotangent_barrier`, float32 and bf16):
 XLA's CPU fusion otherwise recomputes it inside every consumer, quadratic in depth; and it
 computes the qkv projection in its natural layout (`qkv_projection`).
@@ -84,28 +85,49 @@ def _materialize(x: jax.Array, perm: tuple[int, ...], shape: tuple[int, ...]) ->
 
 
 def _canonical_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-  """einsum(spec, a, b) in f32 as one [batch, M, K] x [batch, K, N] matmul of bf16 operands."""
+  """einsum(spec, a, b) in f32 as one batched matmul of bf16 operands in the layouts XLA:CPU's
+  fast bf16 kernel takes without a copy: lhs [batch, M, K], rhs [batch, K, N] or [batch, N, K].
+
+  Of the ways to cast the einsum in that form (which operand is the lhs, the order of the
+  contracted and free axes) the one that copies the fewest elements wins: an operand that is not
+  already in its form is materialised (`_materialize`), and so is the product if its axes come
+  out in another order than `spec`'s. The rhs's [N, K] form lets x @ W^T read W as it is stored:
+  the backward pass's input gradient then needs no transposed copy of the kernel.
+  """
   ins, out = spec.split("->")
   sa, sb = ins.split(",")
-  if [c for c in sb if c not in sa] + [c for c in sa if c not in sb] == \
-      [c for c in out if c not in sa or c not in sb]:
-    # Swapped operands give the output in its own order: no transpose after the dot (which
-    # XLA would fold into the dot, sending it to the slow bf16 kernel).
-    sa, sb, a, b = sb, sa, b, a
-  batch = [c for c in sa if c in sb and c in out]
-  contract = [c for c in sa if c in sb and c not in out]
-  a_free = [c for c in sa if c not in sb]
-  b_free = [c for c in sb if c not in sa]
   size = {**dict(zip(sa, a.shape)), **dict(zip(sb, b.shape))}
   n = lambda idx: int(np.prod([size[c] for c in idx], dtype=np.int64))
+  batch = [c for c in out if c in sa and c in sb]
+  best = None
+  for (sl, x_l), (sr, x_r) in (((sa, a), (sb, b)), ((sb, b), (sa, a))):
+    contracts = {tuple(c for c in s if c not in out) for s in (sl, sr)}
+    frees_l = {tuple(c for c in s if c in sl and c not in sr) for s in (out, sl)}
+    frees_r = {tuple(c for c in s if c in sr and c not in sl) for s in (out, sr)}
+    for k in sorted(contracts):
+      for fl in sorted(frees_l):
+        for fr in sorted(frees_r):
+          lhs = batch + list(fl) + list(k)
+          nn_rhs, nt_rhs = batch + list(k) + list(fr), batch + list(fr) + list(k)
+          rhs_nt = list(sr) == nt_rhs and list(sr) != nn_rhs
+          order = batch + list(fl) + list(fr)
+          cost = ((list(sl) != lhs) * n(sl) + (list(sr) not in (nn_rhs, nt_rhs)) * n(sr)
+                  + (order != list(out)) * n(out))
+          if best is None or cost < best[0]:
+            best = (cost, sl, x_l, sr, x_r, lhs, nt_rhs if rhs_nt else nn_rhs, rhs_nt, order,
+                    (fl, k, fr))
+  _, sl, x_l, sr, x_r, lhs_order, rhs_order, rhs_nt, order, (fl, k, fr) = best
   lead = (n(batch),) if batch else ()
-  lhs = _materialize(a, tuple(sa.index(c) for c in batch + a_free + contract),
-                     lead + (n(a_free), n(contract)))
-  rhs = _materialize(b, tuple(sb.index(c) for c in batch + contract + b_free),
-                     lead + (n(contract), n(b_free)))
-  y = jnp.einsum("...mk,...kn->...mn", lhs, rhs, preferred_element_type=F32)
-  order = batch + a_free + b_free
-  y = y.reshape([size[c] for c in order])
+  lhs = _materialize(x_l, tuple(sl.index(c) for c in lhs_order), lead + (n(fl), n(k)))
+  rhs = _materialize(x_r, tuple(sr.index(c) for c in rhs_order),
+                     lead + ((n(fr), n(k)) if rhs_nt else (n(k), n(fr))))
+  y = jnp.einsum("...mk,...nk->...mn" if rhs_nt else "...mk,...kn->...mn", lhs, rhs,
+                 preferred_element_type=F32)
+  if order == list(out):
+    return y.reshape([size[c] for c in out])
+  # Materialised in the dot's own order first: XLA would fold a bare transpose into the dot,
+  # whose output layout then sends it to the slow bf16 kernel.
+  y = jax.lax.optimization_barrier(y.reshape(-1)).reshape([size[c] for c in order])
   return jnp.transpose(y, [order.index(c) for c in out])
 
 
