@@ -28,17 +28,20 @@ def activation_gathers(hlo: str, batch: int) -> list[tuple[int, ...]]:
   return [s for s in all_gather_shapes(hlo) if batch in s]
 
 
-def config_for(teacher_dir, precision, **mesh):
+def config_for(teacher_dir, precision, scan=False, **mesh):
   c = maskalign_b16_clip_b16.get_config("runlocal=True")
   c.teacher.spec = teacher_dir
+  if scan:  # kernels of some weight beside the activations of 24 16x16 images
+    c.student.variant = "mini/4"
   c.precision = precision
   c.batch_size = 24  # no parameter dimension of the tiny models is 24
+  c.student.scan = scan
   c.mesh.update(mesh)
   return c
 
 
-def compile_both(teacher_dir, devices, **mesh):
-  return {p: aot.compile_step(config_for(teacher_dir, p, **mesh), devices)
+def compile_both(teacher_dir, devices, scan=False, **mesh):
+  return {p: aot.compile_step(config_for(teacher_dir, p, scan, **mesh), devices)
           for p in ("float32", "bfloat16")}
 
 
@@ -61,6 +64,12 @@ def test_fsdp_step_gathers_parameters_only(tiny_vit_teacher_dir):
   results = compile_both(tiny_vit_teacher_dir, aot.cpu_devices(8), data=2, fsdp=4)
   assert all_gather_shapes(results["float32"].compiled.as_text())  # fsdp gathers weights
   check(results)
+
+
+def test_scanned_fsdp_step_gathers_no_activations_and_bf16_is_leaner(tiny_vit_teacher_dir):
+  """student.scan=True: the backward pass recasts each layer's (gathered) kernels instead of
+  keeping a bfloat16 copy of every layer's, which had made bf16 need more memory than float32."""
+  check(compile_both(tiny_vit_teacher_dir, aot.cpu_devices(8), scan=True, data=2, fsdp=4))
 
 
 def test_tpu_topology_step_gathers_no_activations(tiny_vit_teacher_dir):

@@ -135,22 +135,26 @@ def _plain_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _mixed_einsum(spec: str, dtype: Dtype, cpu_layout: bool, a: jax.Array, b: jax.Array
-                  ) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _mixed_einsum(spec: str, dtype: Dtype, cpu_layout: bool, b_is_param: bool, a: jax.Array,
+                  b: jax.Array) -> jax.Array:
   dot = _canonical_einsum if cpu_layout else _plain_einsum
   return dot(spec, a.astype(dtype), b.astype(dtype))
 
 
-def _mixed_einsum_fwd(spec, dtype, cpu_layout, a, b):
+def _mixed_einsum_fwd(spec, dtype, cpu_layout, b_is_param, a, b):
   a_c, b_c = a.astype(dtype), b.astype(dtype)
   out = (_canonical_einsum if cpu_layout else _plain_einsum)(spec, a_c, b_c)
-  # Residuals keep the original dtypes' zeros so the cotangents come back in them.
-  return out, (a_c, b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+  # A parameter is kept as it is and cast again in the backward pass: it lives through the step
+  # anyway, and a scanned stack would otherwise save every layer's bfloat16 copy of it (gathered,
+  # under fsdp) for the backward pass. Residuals keep the original dtypes' zeros so the cotangents
+  # come back in them.
+  return out, (a_c, b if b_is_param else b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
 
 
-def _mixed_einsum_bwd(spec, dtype, cpu_layout, res, g):
+def _mixed_einsum_bwd(spec, dtype, cpu_layout, b_is_param, res, g):
   a_c, b_c, a_proto, b_proto = res
+  b_c = b_c.astype(dtype)
   dot = _canonical_einsum if cpu_layout else _plain_einsum
   spec_a, spec_b = _transpose_specs(spec)
   g_c = g.astype(dtype)
@@ -189,15 +193,18 @@ def cpu_cotangent_barrier(x: jax.Array) -> jax.Array:
   return _materialized_cotangent(x) if _cpu_layout_active() else x
 
 
-def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32) -> jax.Array:
+def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32,
+           b_is_param: bool = False) -> jax.Array:
   """Einsum of two operands with inputs cast to `dtype` and a float32 result.
 
   Every index of an operand must appear in the other operand or in the output (true of every
-  matmul here), so that the backward pass is two einsums of the same kind.
+  matmul here), so that the backward pass is two einsums of the same kind. `b_is_param`: b is a
+  parameter as stored (not reshaped or computed), which the backward pass casts again rather
+  than keeping its `dtype` copy.
   """
   if jnp.dtype(dtype) == jnp.dtype(F32):
     return _plain_einsum(spec, a, b)
-  return _mixed_einsum(spec, jnp.dtype(dtype), _cpu_layout_active(), a, b)
+  return _mixed_einsum(spec, jnp.dtype(dtype), _cpu_layout_active(), b_is_param, a, b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +243,7 @@ class Dense(nn.Module):
     kernel = self.param("kernel", partitioned(self.kernel_init, self.kernel_axes),
                         (x.shape[-1], self.features), F32)
     lead = x.shape[:-1]
-    y = einsum("ni,io->no", x.reshape(-1, x.shape[-1]), kernel, self.dtype)
+    y = einsum("ni,io->no", x.reshape(-1, x.shape[-1]), kernel, self.dtype, b_is_param=True)
     y = y.reshape(*lead, self.features)
     if self.use_bias:
       y = y + self.param("bias", partitioned(self.bias_init, self.kernel_axes[1:]),
@@ -317,7 +324,7 @@ def qkv_projection(x: jax.Array, w_qkv: jax.Array, dtype: Dtype) -> jax.Array:
   weight gradient that AdamW reads transposed.
   """
   if not _cpu_layout_active():
-    return einsum("bld,dthk->tbhlk", x, w_qkv, dtype)
+    return einsum("bld,dthk->tbhlk", x, w_qkv, dtype, b_is_param=True)
   b, l, d = x.shape
   _, t, h, dh = w_qkv.shape
   y = jax.lax.optimization_barrier(einsum("bld,dj->blj", x, w_qkv.reshape(d, t * h * dh), dtype))
@@ -368,7 +375,7 @@ class Attention(nn.Module):
     w_out = self.param("out_kernel", partitioned(
         lambda key, shape, dtype=F32: self.out_init(key, (d, d), dtype).reshape(shape),
         ("heads", "kv", "embed")), (h, dh, d), F32)
-    y = einsum("bhqk,hkd->bqd", out, w_out, self.dtype)
+    y = einsum("bhqk,hkd->bqd", out, w_out, self.dtype, b_is_param=True)
     y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (d,), F32)
     return y, (probs if return_probs else None)
 
