@@ -15,6 +15,8 @@ hosts agree on every attempt's outcome, so they restore the same step.
 """
 from __future__ import annotations
 
+import ast
+import json
 import os
 from typing import Any, Optional
 
@@ -93,6 +95,23 @@ def move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"mim_jax_moved_aside_{step}_{n}")
   return str(dest)
+
+
+def names_under(mngr: ocp.CheckpointManager, prefix: tuple[str, ...]) -> Optional[set[str]]:
+  """The names one level below `prefix` in the state of the newest checkpoint, read from its
+  tree metadata (e.g. `("params", "student")`: the student's block or stack names); None when
+  there is no checkpoint or its metadata does not read."""
+  steps = mngr.all_steps()
+  if not steps:
+    return None
+  try:
+    meta = json.loads((epath.Path(mngr.directory) / str(max(steps)) / "state" /
+                       "_METADATA").read_text())
+    paths = [ast.literal_eval(k) for k in meta["tree_metadata"]]
+  except Exception:  # pylint: disable=broad-except  (then the restore itself reports it)
+    return None
+  n = len(prefix)
+  return {p[n] for p in paths if len(p) > n and tuple(p[:n]) == prefix}
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract: PyTree, shardings: PyTree

@@ -375,9 +375,7 @@ def load_student(spec: str, student: Mapping[str, Any], vit: Any) -> dict[str, A
   template = vit_lib.unstack_blocks(dict(student))
   weights, dropped = read(source, template, vit)
   tree, unused = merge(template, weights, source)
-  starts = vit_lib.stack_starts(student)
-  if starts:
-    tree = vit_lib.stack_blocks(tree, vit.depth, starts)
+  tree = vit_lib.restack(tree, vit_lib.stack_starts(student))
   logging.info("init_from: loaded %d student tensors from %s", len(weights) - len(unused),
                source.describe())
   if unused or dropped:

@@ -34,6 +34,7 @@ from mim_jax import validate
 from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
 from mim_jax.evaluation import classification, features, knn
+from mim_jax.models import vit as vit_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -222,6 +223,44 @@ def init_student(state: step_lib.TrainState, shardings: step_lib.TrainState, loa
   return state.replace(params=dict(state.params, student=placed))
 
 
+def _restack_state(state: Any, starts: tuple[int, ...]) -> Any:
+  """`state` with every student parameter tree in it (the parameters, the optimizer's moments)
+  in the block layout `starts` (`vit.restack`)."""
+  def is_params(x):
+    return isinstance(x, dict) and isinstance(x.get("student"), dict)
+  return jax.tree.map(
+      lambda x: {**x, "student": vit_lib.restack(x["student"], starts)} if is_params(x) else x,
+      state, is_leaf=is_params)
+
+
+def restore_any_layout(mngr, abstract: step_lib.TrainState, shardings: step_lib.TrainState):
+  """`checkpoint.restore_latest`, also from a checkpoint written with the other `student.scan`
+  (or another split of the scanned stack): it is read in its own block layout, with the target
+  shardings moved to it, and restacked on the devices into the layout of `abstract`."""
+  student = abstract.params.get("student") if isinstance(abstract.params, dict) else None
+  names = ckpt_lib.names_under(mngr, ("params", "student")) if student is not None else None
+  if not names or not any(map(vit_lib.is_block_name, names)):
+    return ckpt_lib.restore_latest(mngr, abstract, shardings)
+  wanted, written = vit_lib.stack_starts(student), vit_lib.stack_starts(names)
+  if written == wanted:
+    return ckpt_lib.restore_latest(mngr, abstract, shardings)
+  source = _restack_state(ckpt_lib.abstract_with_shardings(abstract, shardings), written)
+  step, state, data = ckpt_lib.restore_latest(
+      mngr, source, jax.tree.map(lambda a: a.sharding, source))
+  if state is not None:
+    state = jax.jit(functools.partial(_restack_state, starts=wanted),
+                    out_shardings=shardings)(state)
+    logging.warning("Checkpoint step %d holds the student's blocks %s; restacked them %s for "
+                    "this run's student.scan.", step, _layout_name(written),
+                    _layout_name(wanted))
+  return step, state, data
+
+
+def _layout_name(starts: tuple[int, ...]) -> str:
+  return (f"scanned (stacks from blocks {', '.join(map(str, starts))})" if starts
+          else "unscanned (block{i})")
+
+
 @dataclasses.dataclass
 class Result:
   """What a finished run leaves in memory: the final state and what built it."""
@@ -251,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   mngr = ckpt_lib.manager(workdir, keep=config.keep_checkpoints,
                           asynchronous=config.async_checkpoint)
   abstract, shardings = step_lib.state_shardings(setup)
-  start, state, data_pos = ckpt_lib.restore_latest(mngr, abstract, shardings)
+  start, state, data_pos = restore_any_layout(mngr, abstract, shardings)
   if state is None:
     start, state = 0, step_lib.init_state(setup, jax.random.key(config.seed))
     if loaded is not None:

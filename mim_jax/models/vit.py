@@ -382,6 +382,11 @@ def stack_start(key: str) -> Optional[int]:
   return int(m.group(1) or 0) if m else None
 
 
+def is_block_name(key: str) -> bool:
+  """`block{i}` of an unscanned student or a scanned stack's name."""
+  return bool(re.fullmatch(r"block\d+", key)) or stack_start(key) is not None
+
+
 def stack_starts(params: Mapping[str, Any]) -> tuple[int, ...]:
   """The first block of each scanned stack in a student's parameters, sorted; () unscanned."""
   return tuple(sorted(k for k in map(stack_start, params) if k is not None))
@@ -418,16 +423,31 @@ class ScannedLayer(nn.Module):
     return x, (x, probs)
 
 
+def _moved_sharding(sharding: Any, spec: Callable[[tuple], tuple]) -> Any:
+  """A NamedSharding with its partition spec changed by `spec`; other shardings (or None) as
+  they are."""
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+        *spec(tuple(sharding.spec))))
+  return sharding
+
+
 def _leaf_at(a: Any, i: int) -> Any:
-  """Layer i of a stacked leaf (an array or a ShapeDtypeStruct)."""
+  """Layer i of a stacked leaf (an array, or a ShapeDtypeStruct whose sharding loses the layer
+  axis)."""
   if isinstance(a, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+    return jax.ShapeDtypeStruct(a.shape[1:], a.dtype,
+                                sharding=_moved_sharding(a.sharding, lambda p: p[1:]))
   return a[i]
 
 
 def _stacked(leaves: Sequence[Any]) -> Any:
+  """The layers stacked (arrays, or ShapeDtypeStructs whose sharding gains an unsplit layer
+  axis)."""
   if isinstance(leaves[0], jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct((len(leaves),) + tuple(leaves[0].shape), leaves[0].dtype)
+    return jax.ShapeDtypeStruct((len(leaves),) + tuple(leaves[0].shape), leaves[0].dtype,
+                                sharding=_moved_sharding(leaves[0].sharding,
+                                                         lambda p: (None,) + p))
   return (np.stack if isinstance(leaves[0], np.ndarray) else jnp.stack)(leaves)
 
 
@@ -462,6 +482,14 @@ def stack_blocks(params: dict, depth: int, starts: Sequence[int] = (0,)) -> dict
       stack["rel_pos_bias"] = stacked("rel_pos_bias_")
     params[stack_name(start)] = stack
   return params
+
+
+def restack(params: dict, starts: Sequence[int]) -> dict:
+  """A student's parameters, in either layout, in the layout of `starts`: `block{i}` for (),
+  else one scanned stack from each start (`stack_starts`)."""
+  flat = unstack_blocks(params)
+  depth = sum(1 for k in flat if is_block_name(k))
+  return stack_blocks(flat, depth, starts) if starts else flat
 
 
 def _add_bias(a: Optional[jax.Array], b: Optional[jax.Array]) -> Optional[jax.Array]:
