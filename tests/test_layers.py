@@ -33,9 +33,12 @@ def test_bf16_einsum_matches_f32_forward_and_backward(spec, sa, sb):
   for x16, x32 in zip(g16, g32):
     np.testing.assert_allclose(x16, x32, rtol=5e-2, atol=5e-2)
   assert not np.array_equal(g16[0], g32[0])  # the bf16 path really ran
-  # b kept as a float32 parameter and cast again in the backward pass: the same numbers.
-  recast = jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(jnp.sin(
-      layers.einsum(spec, a, b, jnp.bfloat16, b_is_param=True))), argnums=(0, 1)))(a, b)
+  # In a scanned stack b is kept as the float32 parameter and cast again in the backward pass:
+  # the same numbers.
+  def recast_loss(a, b):
+    with layers.scanned_stack():
+      return jnp.sum(jnp.sin(layers.einsum(spec, a, b, jnp.bfloat16, b_is_param=True)))
+  recast = jax.jit(jax.value_and_grad(recast_loss, argnums=(0, 1)))(a, b)
   chex.assert_trees_all_equal(recast, (v16, g16))
 
 

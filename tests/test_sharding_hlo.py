@@ -74,8 +74,9 @@ def test_scanned_fsdp_step_gathers_no_activations_and_bf16_is_leaner(tiny_vit_te
 
 def test_tpu_topology_step_gathers_no_activations(tiny_vit_teacher_dir):
   pytest.importorskip("libtpu", reason="TPU topologies need libtpu (requirements-tpu.txt)")
-  results = compile_both(tiny_vit_teacher_dir, aot.tpu_devices("v5e:2x2"), data=2, fsdp=2)
-  check(results)
+  for scan in (False, True):
+    check(compile_both(tiny_vit_teacher_dir, aot.tpu_devices("v5e:2x2"), scan=scan, data=2,
+                       fsdp=2))
 
 
 def test_all_gather_parser():

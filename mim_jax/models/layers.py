@@ -59,6 +59,18 @@ def _cpu_layout_active() -> bool:
   return getattr(_LAYOUT, "cpu", False)
 
 
+@contextlib.contextmanager
+def scanned_stack():
+  """Matmuls traced inside run in one layer of a scanned stack of blocks (`vit.ScannedLayer`):
+  see `einsum`'s `b_is_param`."""
+  previous = getattr(_LAYOUT, "scanned", False)
+  _LAYOUT.scanned = True
+  try:
+    yield
+  finally:
+    _LAYOUT.scanned = previous
+
+
 def _transpose_specs(spec: str) -> tuple[str, str]:
   """For 'A,B->C' returns the specs of the two cotangents: 'C,B->A' and 'C,A->B'.
 
@@ -136,23 +148,20 @@ def _plain_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _mixed_einsum(spec: str, dtype: Dtype, cpu_layout: bool, b_is_param: bool, a: jax.Array,
+def _mixed_einsum(spec: str, dtype: Dtype, cpu_layout: bool, recast_b: bool, a: jax.Array,
                   b: jax.Array) -> jax.Array:
   dot = _canonical_einsum if cpu_layout else _plain_einsum
   return dot(spec, a.astype(dtype), b.astype(dtype))
 
 
-def _mixed_einsum_fwd(spec, dtype, cpu_layout, b_is_param, a, b):
+def _mixed_einsum_fwd(spec, dtype, cpu_layout, recast_b, a, b):
   a_c, b_c = a.astype(dtype), b.astype(dtype)
   out = (_canonical_einsum if cpu_layout else _plain_einsum)(spec, a_c, b_c)
-  # A parameter is kept as it is and cast again in the backward pass: it lives through the step
-  # anyway, and a scanned stack would otherwise save every layer's bfloat16 copy of it (gathered,
-  # under fsdp) for the backward pass. Residuals keep the original dtypes' zeros so the cotangents
-  # come back in them.
-  return out, (a_c, b if b_is_param else b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+  # Residuals keep the original dtypes' zeros so the cotangents come back in them.
+  return out, (a_c, b if recast_b else b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
 
 
-def _mixed_einsum_bwd(spec, dtype, cpu_layout, b_is_param, res, g):
+def _mixed_einsum_bwd(spec, dtype, cpu_layout, recast_b, res, g):
   a_c, b_c, a_proto, b_proto = res
   b_c = b_c.astype(dtype)
   dot = _canonical_einsum if cpu_layout else _plain_einsum
@@ -198,13 +207,19 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32,
   """Einsum of two operands with inputs cast to `dtype` and a float32 result.
 
   Every index of an operand must appear in the other operand or in the output (true of every
-  matmul here), so that the backward pass is two einsums of the same kind. `b_is_param`: b is a
-  parameter as stored (not reshaped or computed), which the backward pass casts again rather
-  than keeping its `dtype` copy.
+  matmul here), so that the backward pass is two einsums of the same kind.
+
+  `b_is_param`: b is a parameter as stored (not reshaped or computed). Inside a scanned stack
+  (`scanned_stack()`) the backward pass then casts it again instead of keeping its `dtype` copy:
+  the scan would save every layer's copy (gathered, under fsdp) as a stacked residual, while the
+  float32 layer slice it forwards costs nothing (it made the scanned bf16 step need more memory
+  than float32). Elsewhere XLA chooses between keeping and recasting, and keeping is leaner on
+  TPU (robust MAE's step on v5e:2x2).
   """
   if jnp.dtype(dtype) == jnp.dtype(F32):
     return _plain_einsum(spec, a, b)
-  return _mixed_einsum(spec, jnp.dtype(dtype), _cpu_layout_active(), b_is_param, a, b)
+  recast = b_is_param and getattr(_LAYOUT, "scanned", False)
+  return _mixed_einsum(spec, jnp.dtype(dtype), _cpu_layout_active(), recast, a, b)
 
 
 # --------------------------------------------------------------------------------------------

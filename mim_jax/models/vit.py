@@ -419,7 +419,8 @@ class ScannedLayer(nn.Module):
     block = layers.block_class(self.remat)(
         self.num_heads, self.mlp_dim, drop_path=rate, layer_scale=self.layer_scale,
         dtype=self.dtype, name="block", **block_inits(self.weight_init, i))
-    x, probs = block(x, bias, self.deterministic, self.return_probs)
+    with layers.scanned_stack():
+      x, probs = block(x, bias, self.deterministic, self.return_probs)
     return x, (x, probs)
 
 
