@@ -239,10 +239,8 @@ def restore_any_layout(mngr, abstract: step_lib.TrainState, shardings: step_lib.
   shardings moved to it, and restacked on the devices into the layout of `abstract`."""
   student = abstract.params.get("student") if isinstance(abstract.params, dict) else None
   names = ckpt_lib.names_under(mngr, ("params", "student")) if student is not None else None
-  if not names or not any(map(vit_lib.is_block_name, names)):
-    return ckpt_lib.restore_latest(mngr, abstract, shardings)
-  wanted, written = vit_lib.stack_starts(student), vit_lib.stack_starts(names)
-  if written == wanted:
+  wanted, written = vit_lib.stack_starts(student or {}), vit_lib.stack_starts(names or ())
+  if not any(map(vit_lib.is_block_name, names or ())) or written == wanted:
     return ckpt_lib.restore_latest(mngr, abstract, shardings)
   source = _restack_state(ckpt_lib.abstract_with_shardings(abstract, shardings), written)
   step, state, data = ckpt_lib.restore_latest(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,30 +46,29 @@ _LAYOUT = threading.local()
 
 
 @contextlib.contextmanager
-def cpu_matmul_layout(enabled: bool = True):
-  """Matmuls traced inside use the single-CPU-device layout (see the module docstring)."""
-  previous = getattr(_LAYOUT, "cpu", False)
-  _LAYOUT.cpu = enabled
+def _trace_flag(name: str, value: bool):
+  """Sets the thread-local trace-time flag `name` for the code traced inside."""
+  previous = getattr(_LAYOUT, name, False)
+  setattr(_LAYOUT, name, value)
   try:
     yield
   finally:
-    _LAYOUT.cpu = previous
+    setattr(_LAYOUT, name, previous)
+
+
+def cpu_matmul_layout(enabled: bool = True):
+  """Matmuls traced inside use the single-CPU-device layout (see the module docstring)."""
+  return _trace_flag("cpu", enabled)
+
+
+def scanned_stack():
+  """Matmuls traced inside run in one layer of a scanned stack of blocks (`vit.ScannedLayer`):
+  see `einsum`'s `b_is_param`."""
+  return _trace_flag("scanned", True)
 
 
 def _cpu_layout_active() -> bool:
   return getattr(_LAYOUT, "cpu", False)
-
-
-@contextlib.contextmanager
-def scanned_stack():
-  """Matmuls traced inside run in one layer of a scanned stack of blocks (`vit.ScannedLayer`):
-  see `einsum`'s `b_is_param`."""
-  previous = getattr(_LAYOUT, "scanned", False)
-  _LAYOUT.scanned = True
-  try:
-    yield
-  finally:
-    _LAYOUT.scanned = previous
 
 
 def _transpose_specs(spec: str) -> tuple[str, str]:
@@ -111,24 +111,24 @@ def _canonical_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   size = {**dict(zip(sa, a.shape)), **dict(zip(sb, b.shape))}
   n = lambda idx: int(np.prod([size[c] for c in idx], dtype=np.int64))
   batch = [c for c in out if c in sa and c in sb]
-  best = None
-  for (sl, x_l), (sr, x_r) in (((sa, a), (sb, b)), ((sb, b), (sa, a))):
-    contracts = {tuple(c for c in s if c not in out) for s in (sl, sr)}
-    frees_l = {tuple(c for c in s if c in sl and c not in sr) for s in (out, sl)}
-    frees_r = {tuple(c for c in s if c in sr and c not in sl) for s in (out, sr)}
-    for k in sorted(contracts):
-      for fl in sorted(frees_l):
-        for fr in sorted(frees_r):
-          lhs = batch + list(fl) + list(k)
-          nn_rhs, nt_rhs = batch + list(k) + list(fr), batch + list(fr) + list(k)
-          rhs_nt = list(sr) == nt_rhs and list(sr) != nn_rhs
-          order = batch + list(fl) + list(fr)
-          cost = ((list(sl) != lhs) * n(sl) + (list(sr) not in (nn_rhs, nt_rhs)) * n(sr)
-                  + (order != list(out)) * n(out))
-          if best is None or cost < best[0]:
-            best = (cost, sl, x_l, sr, x_r, lhs, nt_rhs if rhs_nt else nn_rhs, rhs_nt, order,
-                    (fl, k, fr))
-  _, sl, x_l, sr, x_r, lhs_order, rhs_order, rhs_nt, order, (fl, k, fr) = best
+
+  def plans():  # (copied elements, lhs, rhs, whether rhs is [N, K], free/contracted axes)
+    for (sl, x_l), (sr, x_r) in (((sa, a), (sb, b)), ((sb, b), (sa, a))):
+      # Each axis group in the order of either operand or of the output.
+      ks = {tuple(c for c in s if c not in out) for s in (sl, sr)}
+      fls = {tuple(c for c in s if c in sl and c not in sr) for s in (out, sl)}
+      frs = {tuple(c for c in s if c in sr and c not in sl) for s in (out, sr)}
+      for k, fl, fr in itertools.product(sorted(ks), sorted(fls), sorted(frs)):
+        lhs = batch + list(fl) + list(k)
+        nn_rhs, nt_rhs = batch + list(k) + list(fr), batch + list(fr) + list(k)
+        rhs_nt = list(sr) == nt_rhs != nn_rhs
+        cost = ((list(sl) != lhs) * n(sl) + (list(sr) not in (nn_rhs, nt_rhs)) * n(sr)
+                + (batch + list(fl) + list(fr) != list(out)) * n(out))
+        yield cost, (sl, x_l, lhs), (sr, x_r, nt_rhs if rhs_nt else nn_rhs), rhs_nt, (fl, k, fr)
+
+  _, (sl, x_l, lhs_order), (sr, x_r, rhs_order), rhs_nt, (fl, k, fr) = min(
+      plans(), key=lambda plan: plan[0])
+  order = batch + list(fl) + list(fr)
   lead = (n(batch),) if batch else ()
   lhs = _materialize(x_l, tuple(sl.index(c) for c in lhs_order), lead + (n(fl), n(k)))
   rhs = _materialize(x_r, tuple(sr.index(c) for c in rhs_order),
@@ -213,8 +213,7 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32,
   (`scanned_stack()`) the backward pass then casts it again instead of keeping its `dtype` copy:
   the scan would save every layer's copy (gathered, under fsdp) as a stacked residual, while the
   float32 layer slice it forwards costs nothing (it made the scanned bf16 step need more memory
-  than float32). Elsewhere XLA chooses between keeping and recasting, and keeping is leaner on
-  TPU (robust MAE's step on v5e:2x2).
+  than float32). Outside a scan the copy is an ordinary residual that XLA may keep or recompute.
   """
   if jnp.dtype(dtype) == jnp.dtype(F32):
     return _plain_einsum(spec, a, b)
