@@ -6,7 +6,9 @@
 #   bash launch/local.sh setup                        # installs only
 # The virtual environment is .venv (MIM_JAX_VENV overrides). `test` installs requirements-test.txt
 # (core + torch + pytest), everything else the core requirements.txt only (no torch); each set is
-# installed again only when one of its files changes.
+# installed again only when one of its files changes. MIM_JAX_EXTRAS adds optional sets on top,
+# e.g. MIM_JAX_EXTRAS=tpu (libtpu: TPU VMs, compile-only TPU topologies) or MIM_JAX_EXTRAS=gpu
+# (jax's CUDA wheels); each name is a requirements-<name>.txt file.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,11 +26,21 @@ if [[ $cmd == test ]]; then
 else
   reqs=requirements.txt; files=requirements.txt
 fi
+extras=()
+for name in ${MIM_JAX_EXTRAS//,/ }; do
+  if [[ ! -f requirements-$name.txt ]]; then
+    echo "error: MIM_JAX_EXTRAS names '$name' but requirements-$name.txt does not exist;" \
+         "use one of: $(ls requirements-*.txt | sed 's/requirements-//; s/.txt//' | tr '\n' ' ')" >&2
+    exit 2
+  fi
+  extras+=(-r "requirements-$name.txt")
+  files="$files requirements-$name.txt"
+done
 stamp=$venv/.${reqs%.txt}.sha256
 want=$(cat $files | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -r "$reqs"
+  "$venv/bin/python" -m pip install --quiet -r "$reqs" "${extras[@]}"
   echo "$want" > "$stamp"
 fi
 
