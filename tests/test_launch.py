@@ -1,10 +1,15 @@
 """Launch scripts: syntax, and the commands they print (--dry-run) or run (against a fake gcloud
 that only records its arguments: nothing here reaches a cloud)."""
 import os
+import re
+import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
+
+from mim_jax.tools import config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")
@@ -118,3 +123,107 @@ def test_tpu_vm_ssh_passes_a_shell_line_to_every_worker(fake_bin, tmp_path):
   assert r.returncode == 0, r.stderr
   (call,) = (tmp_path / "calls.txt").read_text().splitlines()
   assert call.endswith("--worker=all --command mkdir -p a && tail -n 3 mim_jax/train.log")
+
+
+# --- SLURM: what each task runs, and what jax.distributed.initialize() makes of it -------------
+TASK_LINE = re.compile(r"^task (\d+) on (\S+) \(node (\d+), local (\d+)\): process (\d+) of "
+                       r"(\d+), GPUs ([\d,]+): (.*)$")
+slurm_tasks = config_file.load_module(os.path.join(ROOT, "launch", "slurm_tasks.py"))
+
+
+def tasks_of(stdout: str) -> list[tuple[dict, dict[str, str], list[str]]]:
+  """Per task line: (its header fields, the variables it sets, the command it runs)."""
+  out = []
+  for line in stdout.splitlines():
+    m = TASK_LINE.match(line)
+    if not m:
+      continue
+    words = shlex.split(m.group(8))
+    n = next(i for i, w in enumerate(words) if not re.match(r"^[A-Z_]+=", w))
+    env = dict(w.split("=", 1) for w in words[:n])
+    head = dict(rank=int(m.group(1)), host=m.group(2), node=int(m.group(3)),
+                local=int(m.group(4)), process=int(m.group(5)), of=int(m.group(6)),
+                gpus=[int(g) for g in m.group(7).split(",")])
+    out.append((head, env, words[n:]))
+  return out
+
+
+def jax_sees(monkeypatch, env: dict[str, str]) -> tuple:
+  """(coordinator, processes, process id, local device ids) as jax.distributed.initialize()
+  derives them in a task with this environment: its own first lines, then jax's SLURM
+  detection (named, so that no other cluster is probed)."""
+  from jax._src import clusters  # pylint: disable=import-outside-toplevel
+  for key in list(os.environ):
+    if key.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_LOCAL_DEVICE")):
+      monkeypatch.delenv(key)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  ids = os.environ.get("JAX_LOCAL_DEVICE_IDS")
+  local = [int(i) for i in ids.split(",")] if ids else None
+  return tuple(clusters.ClusterEnv.auto_detect_unset_distributed_params(
+      coordinator, None, None, local, "slurm", 300))
+
+
+def test_slurm_dry_run_prints_every_task_and_jax_reads_the_ranks_from_it(monkeypatch):
+  env = {"CONFIG": "configs/mae_b16.py", "WORKDIR": "/shared/runs/a b", "VENV": "/opt/venv",
+         "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-08]",
+         "SLURM_NTASKS_PER_NODE": "4", "SLURM_GPUS_ON_NODE": "4"}
+  r = run(SLURM, ["--dry-run", "--config.batch_size=512"], env, os.environ["PATH"])
+  assert r.returncode == 0, r.stderr
+  (srun,) = commands(r.stdout)
+  main = ["/opt/venv/bin/python", "-m", "mim_jax.main", "--config", "configs/mae_b16.py",
+          "--workdir", "/shared/runs/a b", "--distributed", "--config.batch_size=512"]
+  coordinator = f"gpu07:{4242 % 4096 + 61440}"
+  assert shlex.split(srun) == ["srun", "--kill-on-bad-exit=1", "--cpu-bind=none",
+                               f"--export=ALL,JAX_COORDINATOR_ADDRESS={coordinator}", *main]
+  found = tasks_of(r.stdout)
+  assert [head["rank"] for head, _, _ in found] == list(range(8))
+  for head, task_env, command in found:
+    rank = head["rank"]
+    assert (head["host"], head["node"], head["local"]) == (f"gpu0{7 + rank // 4}", rank // 4,
+                                                           rank % 4)
+    assert (head["process"], head["of"], head["gpus"]) == (rank, 8, [rank % 4])
+    assert command == main
+    assert "JAX_LOCAL_DEVICE_IDS" not in task_env  # one GPU per process: SLURM_LOCALID's
+    assert jax_sees(monkeypatch, task_env) == (coordinator, 8, rank, [rank % 4])
+  # Without the address the script passes, jax finds the same coordinator on this node list.
+  from jax._src.clusters.slurm_cluster import SlurmCluster  # pylint: disable=import-outside-toplevel
+  monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+  assert SlurmCluster.get_coordinator_address(None, None) == coordinator
+
+
+def test_slurm_dry_run_one_process_per_node_sees_all_gpus(monkeypatch):
+  # Host names with text after a bracket group: jax's own parser would name host "rack1".
+  env = {"WORKDIR": "/w", "SLURM_JOB_ID": "99", "SLURM_JOB_NODELIST": "rack[1-2]-n[01-02]",
+         "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_PER_NODE": "h100:8", "JAX_COORDINATOR_PORT": "7000"}
+  r = run(SLURM, ["--dry-run"], env, os.environ["PATH"])
+  assert r.returncode == 0, r.stderr
+  assert commands(r.stdout)[0] == "export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7"
+  found = tasks_of(r.stdout)
+  assert [head["host"] for head, _, _ in found] == ["rack1-n01", "rack1-n02", "rack2-n01",
+                                                    "rack2-n02"]
+  for head, task_env, command in found:
+    assert head["gpus"] == list(range(8)) and head["local"] == 0
+    assert command[-3:] == ["--workdir", "/w", "--distributed"]
+    assert jax_sees(monkeypatch, task_env) == ("rack1-n01:7000", 4, head["rank"], list(range(8)))
+
+
+def test_slurm_outside_a_job_runs_nothing_and_the_dry_run_uses_placeholders():
+  r = run(SLURM, [], {"WORKDIR": "/w"}, os.environ["PATH"])
+  assert r.returncode == 2 and r.stderr.startswith("error: not inside a SLURM job")
+  r = run(SLURM, ["--dry-run"], {"WORKDIR": "/w", "SLURM_NNODES": "3"}, os.environ["PATH"])
+  assert r.returncode == 0, r.stderr
+  assert "placeholder nodes node[1-3]" in r.stdout and len(tasks_of(r.stdout)) == 24
+
+
+def test_hostlist_expansion_and_its_errors():
+  assert slurm_tasks.expand_hostlist("gpu[007-009,011],big01,n[1-2].ib") == [
+      "gpu007", "gpu008", "gpu009", "gpu011", "big01", "n1.ib", "n2.ib"]
+  assert slurm_tasks.expand_hostlist("a[9-10]") == ["a9", "a10"]
+  for bad in ("n[1-2", "n[a-b]", "n[[1]]"):
+    with pytest.raises(ValueError):
+      slurm_tasks.expand_hostlist(bad)
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "slurm_tasks.py"),
+                      "coordinator", "n[1-"], capture_output=True, text=True)
+  assert r.returncode == 2 and r.stderr.startswith("error: ")
