@@ -41,6 +41,17 @@ CHIPS: dict[str, Chip] = {c.name: c for c in (
 )}
 
 
+def chip_for_device_kind(device_kind: str) -> Optional[Chip]:
+  """The table's chip for a GPU's `jax.devices()[0].device_kind` ("NVIDIA H100 80GB HBM3" ->
+  H100, "NVIDIA H200" -> H200), else None. The figures are the SXM boards': the PCIe and NVL
+  versions of those GPUs have lower peaks and get None, so no MFU is claimed against a wrong
+  peak."""
+  words = device_kind.replace("-", " ").split()
+  if "PCIe" in words or "NVL" in words:
+    return None
+  return next((CHIPS[name] for name in ("H100", "H200") if name in words), None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Roofline:
   chip: str

@@ -16,8 +16,6 @@ tests/test_xla_flags.py, since a misspelt flag aborts the process):
 jaxlib parses every xla_gpu_* flag whatever the platform (the CPU client accepts and ignores
 them), so one XLA_FLAGS string serves every host. A flag already in the environment's XLA_FLAGS
 wins over ours (its value is kept).
-
-  python -m mim_jax.xla_flags   # prints "NAME FLAG" per candidate (read by gpu_check.sh)
 """
 from __future__ import annotations
 
@@ -52,8 +50,3 @@ def set_gpu_flags(environ: MutableMapping[str, str] = os.environ,
   """Adds `flags` to environ["XLA_FLAGS"] (only when there is something to add)."""
   if flags:
     environ["XLA_FLAGS"] = merge(environ.get("XLA_FLAGS", ""), flags)
-
-
-if __name__ == "__main__":
-  for name, flag in CANDIDATES.items():
-    print(name, flag)

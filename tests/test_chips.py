@@ -31,3 +31,11 @@ def test_every_chip_has_a_source_and_aot_reads_hbm_from_the_table():
   assert all(c.source.startswith("https://") for c in chips.CHIPS.values())
   assert {"v4", "v5e", "v5p", "v6e", "H100", "H200"} <= set(chips.CHIPS)
   assert aot.HBM_GIB == {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+
+
+def test_gpu_device_kinds_find_their_chip_and_other_boards_none():
+  assert chips.chip_for_device_kind("NVIDIA H100 80GB HBM3") is chips.CHIPS["H100"]
+  assert chips.chip_for_device_kind("NVIDIA H200") is chips.CHIPS["H200"]
+  for other in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200 NVL",
+                "NVIDIA A100-SXM4-80GB", "cpu", "TPU v5 lite"):
+    assert chips.chip_for_device_kind(other) is None, other
