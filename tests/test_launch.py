@@ -227,3 +227,23 @@ def test_hostlist_expansion_and_its_errors():
   r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "slurm_tasks.py"),
                       "coordinator", "n[1-"], capture_output=True, text=True)
   assert r.returncode == 2 and r.stderr.startswith("error: ")
+
+
+def test_local_setup_with_the_gpu_extra_installs_requirements_gpu(tmp_path):
+  """The README's GPU line: MIM_JAX_EXTRAS=gpu adds requirements-gpu.txt to the install (a stub
+  venv python records the pip calls); an unknown extra is refused in one line."""
+  venv = tmp_path / "venv"
+  (venv / "bin").mkdir(parents=True)
+  stub = venv / "bin" / "python"
+  stub.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/pip.txt\n')
+  stub.chmod(0o755)
+  local = os.path.join(ROOT, "launch", "local.sh")
+  r = run(local, ["setup"], {"MIM_JAX_VENV": str(venv), "MIM_JAX_EXTRAS": "gpu"},
+          os.environ["PATH"])
+  assert r.returncode == 0, r.stderr
+  assert (tmp_path / "pip.txt").read_text().splitlines()[-1] == (
+      "-m pip install --quiet -r requirements.txt -r requirements-gpu.txt")
+  r = run(local, ["setup"], {"MIM_JAX_VENV": str(venv), "MIM_JAX_EXTRAS": "cuda"},
+          os.environ["PATH"])
+  assert r.returncode == 2 and r.stderr.startswith("error: MIM_JAX_EXTRAS names 'cuda'")
+  assert "gpu" in r.stderr
