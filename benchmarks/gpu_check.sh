@@ -8,7 +8,7 @@
 #      when not cached), through the real train loop and input pipeline;
 #   4. XLA flag candidates (mim_jax/xla_flags.py CANDIDATES): step 2 again with each flag added to
 #      XLA_FLAGS, to compare with step 2's figure (a flag goes into GPU_FLAGS only if it helps).
-# Parts run in that order, each under a time limit; when the budget ($BUDGET_S, 570 s) runs
+# Parts run in that order, each under a time limit; when the budget ($BUDGET_S, 540 s) runs
 # short, the rest are skipped and summary.txt says so.
 #
 #   bash benchmarks/gpu_check.sh             # on the GPU machine
@@ -34,7 +34,7 @@ out=${out:-$root/gpu_check}
 batch=${BATCH:-128}
 steps=${STEPS:-10}
 demo_steps=${DEMO_STEPS:-100}
-budget=${BUDGET_S:-570}
+budget=${BUDGET_S:-540}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
 
 q() { printf '%q' "$1"; }
@@ -93,7 +93,7 @@ for part in "${parts[@]}"; do
   ((limit > left)) && limit=$left
   echo "== $name (at most ${limit}s): $cmd"
   t0=$SECONDS
-  timeout "$limit" bash -c "$cmd" > "$tmp" 2>&1
+  timeout --kill-after=10 "$limit" bash -c "$cmd" > "$tmp" 2>&1
   rc=$?
   log=$out/$name.log
   [[ $name == flag_* ]] && log=$out/flags.log  # one file for all candidates (few files go back)
