@@ -4,11 +4,14 @@ a ValueError whose one line names the value and the fix (`python -m mim_jax.main
 `error: ...`)."""
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 import ml_collections
+from absl import logging
 
+from mim_jax import saved_config
 from mim_jax import sharding as sharding_lib
 from mim_jax.data import input_pipeline
 from mim_jax.objectives import common as objective_common
@@ -66,8 +69,26 @@ def check_teachers(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.{e}") from None
 
 
+def note_changes(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Logs the values that differ from the config the workdir's run saved (a resume with other
+  overrides, or a default that changed since): a resume never changes a value unnoticed."""
+  path = os.path.join(workdir, saved_config.FILE)
+  if "://" in workdir or not os.path.isfile(path):
+    return
+  try:
+    saved = saved_config.read(path)
+  except (OSError, ValueError) as e:
+    logging.warning("%s cannot be read (%s); it is written anew.", path, e)
+    return
+  diffs = saved_config.changes(saved, json.loads(config.to_json_best_effort()))
+  if diffs:
+    logging.warning("%s holds another config than this run's: %s.", path, "; ".join(
+        f"{key} {old!r} -> {new!r}" for key, old, new in diffs))
+
+
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   check_workdir(workdir)
   check_teachers(config)
   check_batches(config)
   input_pipeline.augment_kwargs(config.get("augment"))  # a bad RandAugment spec or probability
+  note_changes(config, workdir)
