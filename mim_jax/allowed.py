@@ -27,13 +27,15 @@ Where = Callable[[Any, "Context"], Optional[str]]
 @dataclasses.dataclass(frozen=True)
 class Allowed:
   """What one key may hold: `text` says it, `accepts` decides it, `bad` is a value it refuses
-  (the tests walk every key with one; None for a free key). `optional`: None too. `where`:
-  (value, context) -> what the key takes given the other values, when it does not fit them."""
+  (the tests walk every key with one; None for a free key). `optional`: None too. `why`: what
+is wrong with a refused value, where more can be said than `text`. `where`: (value, context) ->
+what the key takes given the other values, when it does not fit them."""
   text: str
   accepts: Callable[[Any], bool]
   bad: Any
   optional: bool = False
   where: Optional[Where] = None
+  why: Optional[Callable[[Any], str]] = None
 
   def describe(self) -> str:
     return self.text + (", or None" if self.optional else "")
@@ -42,7 +44,9 @@ class Allowed:
     """None when `value` is allowed (by itself), else what the key takes."""
     if value is None:
       return None if self.optional else self.describe()
-    return None if self.accepts(value) else self.describe()
+    if self.accepts(value):
+      return None
+    return self.describe() + (f" ({self.why(value).rstrip('.')})" if self.why else "")
 
   def bound(self, where: Where) -> "Allowed":
     """This declaration, further bounded by other values (`where`)."""
@@ -139,14 +143,15 @@ def indices(optional: bool = False, note: str = "") -> Allowed:
 
 def checked_by(parse: Callable[[Any], Any], text: str, bad: Any,
                optional: bool = False) -> Allowed:
-  """A value that `parse` accepts without a ValueError (a variant code, a RandAugment spec)."""
-  def accepts(v):
+  """A value that `parse` accepts without a ValueError (a variant code, a RandAugment spec);
+  a refused value says what `parse` said."""
+  def error(v) -> Optional[str]:
     try:
       parse(v)
-    except (ValueError, TypeError, AttributeError):
-      return False
-    return True
-  return Allowed(text, accepts, bad, optional)
+    except (ValueError, TypeError, AttributeError) as e:
+      return str(e) or type(e).__name__
+    return None
+  return Allowed(text, lambda v: error(v) is None, bad, optional, why=error)
 
 
 def free(why: str) -> Allowed:
@@ -280,4 +285,5 @@ def check(config: Mapping[str, Any]) -> None:
     key, value, why = found[0]
     more = f" (and {len(found) - 1} more: {', '.join(k for k, _, _ in found[1:4])})" if (
         len(found) > 1) else ""
-    raise ValueError(f"--config.{key}={value!r} is out of range: {key} takes {why}{more}.")
+    raise ValueError(f"--config.{key}={value!r} is out of range: {key} takes "
+                     f"{why.rstrip('.')}{more}.")

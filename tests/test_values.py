@@ -174,10 +174,11 @@ def run_main(args, workdir, cwd=ROOT, prefix=()):
 @pytest.mark.parametrize("override,words", [
     ("--config.optim.base_lr=-0.001",
      "error: --config.optim.base_lr=-0.001 is out of range: optim.base_lr takes a number >= 0."),
-    ("--config.total_steps=0", "error: --config.total_steps=0 is out of range: total_steps "
-                               "takes an integer >= 1, or None."),
-    ("--config.mask.ratio=1.0", "error: --config.mask.ratio=1.0 is out of range: mask.ratio takes "
-                                "a number in [0, 1] that leaves at least one of the 16 patches"),
+    pytest.param("--config.total_steps=0", "error: --config.total_steps=0 is out of range: "
+                 "total_steps takes an integer >= 1, or None.", marks=pytest.mark.slow),
+    pytest.param("--config.mask.ratio=1.0", "error: --config.mask.ratio=1.0 is out of range: "
+                 "mask.ratio takes a number in [0, 1] that leaves at least one of the 16 patches",
+                 marks=pytest.mark.slow),
 ])
 def test_a_bad_value_is_one_line_printed_once_and_nothing_is_written(tmp_path, override, words):
   workdir = tmp_path / "run"
@@ -189,6 +190,7 @@ def test_a_bad_value_is_one_line_printed_once_and_nothing_is_written(tmp_path, o
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workdir,words", [
     ("/proc/mim_jax_run", "/proc is on the kernel's proc file system, which holds no files; "
                           "choose a workdir on a writable disk"),
@@ -224,6 +226,7 @@ def files_under(path) -> list[str]:
                 for d, _, fs in os.walk(path) for f in fs)
 
 
+@pytest.mark.slow
 def test_a_read_only_dataset_is_read_and_nothing_is_written_into_it(built_digits):
   before = files_under(built_digits)
   for d, _, _ in os.walk(built_digits):
@@ -239,6 +242,7 @@ def test_a_read_only_dataset_is_read_and_nothing_is_written_into_it(built_digits
   assert files_under(built_digits) == before  # no lock file, nothing else
 
 
+@pytest.mark.slow
 def test_an_unreadable_data_dir_is_one_line(built_digits, tmp_path):
   os.chmod(built_digits, 0)
   workdir = tmp_path / "run"
@@ -255,6 +259,7 @@ def test_an_unreadable_data_dir_is_one_line(built_digits, tmp_path):
   assert "Traceback" not in r.stderr and not workdir.exists()
 
 
+@pytest.mark.slow
 def test_an_unbuilt_dataset_in_a_read_only_place_is_refused_before_building(tmp_path):
   read_only = tmp_path / "ro"
   read_only.mkdir()

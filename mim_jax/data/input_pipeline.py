@@ -387,7 +387,7 @@ AUGMENT_ALLOWED = {
     "randaugment": allowed.checked_by(lambda v: v == "" or randaugment.parse(v),
                                       "'' (off) or a RandAugment spec like "
                                       "'rand-m9-mstd0.5-inc1'", "rand-q9", optional=True),
-    "random_erasing": allowed.number(ge=0, le=1),
+    "random_erasing": allowed.number(ge=0, le=1, note="a probability"),
 }
 
 
