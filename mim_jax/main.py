@@ -128,10 +128,10 @@ def main(argv: list[str]) -> None:
   except (OSError, ValueError) as e:  # bad input, a file or permission problem: one line, once
     if os.environ.get("MIM_JAX_TRACEBACK"):
       raise
-    sys.exit(f"error: {one_line(e)}")
+    sys.exit(f"error: {error_text(e)}")
 
 
-def one_line(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
   """The error's message; a permission problem with its file and what to do about it."""
   if isinstance(e, PermissionError) and e.filename:
     return (f"{e.filename}: permission denied ({e.strerror}); make it readable and writable "
