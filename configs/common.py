@@ -1,15 +1,24 @@
 """The fields every experiment config has, with the defaults of the MaskAlign recipe.
 
 Experiment files call `base(method)` and override what their method needs; keeping every key
-here is what lets a locked config reject a misspelt `--config.x=y`.
+here is what lets a locked config reject a misspelt `--config.x=y`. `ALLOWED`, below `base`,
+declares what each key may hold (`mim_jax/allowed.py` checks it before a run writes anything).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from mim_jax import config as config_lib
+from mim_jax import masking
 from mim_jax import objectives
+from mim_jax import optim
+from mim_jax.allowed import (Allowed, at_most, checked_by, flag, free, integer, leaves_a_patch,
+                             listed, number, one_of)
 from mim_jax.data import input_pipeline
+from mim_jax.evaluation import features
+from mim_jax.models import layers
+from mim_jax.models import vit
+from mim_jax.objectives import common as objective_common
 
 
 def base(method: str) -> ml_collections.ConfigDict:
@@ -90,6 +99,76 @@ def base(method: str) -> ml_collections.ConfigDict:
                                           batch_size=256, pool="cls"))
   c.runlocal = False
   return c
+
+
+_COUNT = dict(ge=1)  # sizes, counts
+_EVERY = dict(ge=0, note="0: off")  # periodic work
+_FRACTION = dict(ge=0, le=1)
+
+# What each key of `base` (and the few keys some configs add) may hold: the block's own keys
+# (objective, data, augment) are declared beside their defaults, in their modules.
+ALLOWED: dict[str, Allowed] = {
+    "method": one_of(*objectives.METHODS),
+    "seed": integer(ge=0),
+    "precision": one_of(*objective_common.PRECISIONS),
+    "cpu_matmul_layout": flag(),
+    "student.variant": checked_by(config_lib.decode_variant, "a ViT variant '<size>/<patch>' "
+                                  f"(sizes {', '.join(config_lib.SIZES)}) or a hybrid "
+                                  f"'{config_lib.CONV_PREFIX}<size>/{config_lib.CONV_PATCH}'",
+                                  "Q/16"),
+    "student.drop_path": number(ge=0, lt=1),
+    "student.posemb": one_of(*vit.POSEMBS),
+    "student.rel_pos": one_of(*vit.REL_POS),
+    "student.weight_init": one_of(*vit.INITS),
+    "student.remat": one_of("none", *layers.REMAT_POLICIES),
+    "student.scan": flag(),
+    "student.stage_skips": flag(),
+    "student.layer_scale": number(gt=0, optional=True),
+    "teacher.spec": free("a checkpoint directory or zoo name, read before the run writes"),
+    "teacher.resize_to_student": flag(),
+    "teacher.attention_from": integer(ge=0),
+    "teacher.dtype": listed(*objective_common.PRECISIONS, optional=True,
+                            note="one per teacher; None follows precision"),
+    "mask.kind": one_of(*masking.KINDS),
+    "mask.ratio": number(**_FRACTION).bound(leaves_a_patch),
+    "batch_size": integer(**_COUNT),
+    "total_steps": integer(**_COUNT, optional=True),
+    "total_epochs": number(gt=0, optional=True),
+    "warmup_steps": integer(ge=0, optional=True).bound(at_most("total_steps")),
+    "warmup_epochs": number(ge=0, optional=True).bound(at_most("total_epochs")),
+    "warmup_percent": number(**_FRACTION, optional=True),
+    "optim.name": one_of(*optim.OPTIMIZERS),
+    "optim.base_lr": number(ge=0),
+    "optim.lr": number(ge=0, optional=True),
+    "optim.min_lr": number(ge=0),
+    "optim.b1": number(ge=0, lt=1),
+    "optim.b2": number(ge=0, lt=1),
+    "optim.eps": number(gt=0),
+    "optim.weight_decay": number(ge=0),
+    "optim.schedule": one_of(*optim.SCHEDULES),
+    "optim.clip_norm": number(gt=0, optional=True),
+    "optim.accumulate_steps": integer(**_COUNT),
+    "optim.layer_decay": number(gt=0, le=1, optional=True),  # fine-tuning configs
+    "optim.momentum": number(ge=0, lt=1),  # LARS / SGD (the linear probe)
+    "optim.frozen": free("parameter groups; the linear probe checks its own"),
+    "mesh.data": integer(**_COUNT, also=(-1,), note="-1: the devices left"),
+    "mesh.fsdp": integer(**_COUNT, also=(-1,), note="-1: the devices left"),
+    "mesh.model": integer(**_COUNT, also=(-1,), note="-1: the devices left"),
+    "mesh.allow_split_physical_axes": flag(optional=True),
+    "log_every": integer(**_EVERY),
+    "checkpoint_every": integer(**_EVERY),
+    "keep_checkpoints": integer(**_COUNT),
+    "profile.first_step": integer(ge=0),
+    "profile.num_steps": integer(ge=0),
+    "async_checkpoint": flag(),
+    "eval.every": integer(**_EVERY),
+    "eval.knn_k": integer(**_COUNT),
+    "eval.knn_temperature": number(gt=0),
+    "eval.batch_size": integer(**_COUNT),
+    "eval.pool": one_of(*features.POOLS),
+    "runlocal": flag(),
+    "init_from": free("a workdir, checkpoint or file, read before the run writes"),
+}
 
 
 def digits_data(c: ml_collections.ConfigDict, image_size: int,

@@ -64,7 +64,7 @@ from mim_jax import teachers
 from mim_jax import train
 from mim_jax.models import layers
 from mim_jax.objectives import common as objective_common
-from mim_jax.teachers import checkpoint_io, clip, network, vit, zoo
+from mim_jax.teachers import checkpoint_io, network, zoo
 from mim_jax.teachers import teacher as teacher_lib
 
 GIB = 2**30
@@ -146,27 +146,6 @@ def hbm_gib(devices: Sequence[Any]) -> Optional[float]:
 # --------------------------------------------------------------------------------------------
 # Abstract arguments.
 # --------------------------------------------------------------------------------------------
-def _teacher_shape(spec: str) -> tuple[str, teachers.Arch]:
-  """(kind, Arch) of a known name or a checkpoint directory, from config.json alone."""
-  if spec in teachers.KNOWN:
-    known = teachers.KNOWN[spec]
-    return known.kind, known.arch
-  if not os.path.isdir(spec):
-    raise FileNotFoundError(f"Teacher {spec!r} is neither a checkpoint directory nor a known "
-                            f"name {sorted(teachers.KNOWN)}; for a shape only, a known name of "
-                            f"the same architecture will do.")
-  config = checkpoint_io.read_config(spec)
-  model_type = config.get("model_type")
-  if model_type == "vit":
-    return "vit", vit.arch_from_config(config)
-  if model_type in ("clip", "clip_vision_model"):
-    vision, proj_dim, has_proj = clip.vision_config(config)
-    # has_proj None (no architecture named): the weights would decide; a projection is a few
-    # hundred KB and MaskAlign-type objectives never read it, so leave it out.
-    return "clip", clip.arch_from_config(vision, proj_dim if has_proj else 0)
-  raise checkpoint_io.CheckpointError(f"{spec!r}: model_type {model_type!r} is not handled.")
-
-
 def abstract_teacher(config: ml_collections.ConfigDict) -> Any:
   """The teacher `train.load_teacher` would build, with `jax.ShapeDtypeStruct` parameters.
 
@@ -186,7 +165,7 @@ def _abstract_one(config: ml_collections.ConfigDict, spec: str, dtype_name: str
   if spec == "demo":
     raise ValueError("teacher.spec='demo' is trained on first use; pass its checkpoint "
                      "directory or a known name with --config.teacher.spec.")
-  kind, arch = _teacher_shape(spec)
+  kind, arch = zoo.shape(spec)
   _, patch = config_lib.decode_variant(config.student.variant)
   grid = teacher_lib.student_grid(config.data.image_size, patch, arch.grid)
   if grid != arch.grid and not config.teacher.get("resize_to_student", True):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 from typing import Any, Optional
 
 import jax
@@ -76,9 +77,29 @@ def _all_hosts_ok(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def _reason(e: BaseException) -> str:
+_ARRAY_FILE = re.compile(r'local file "([^"]*/d/[0-9a-f]+)"')
+
+
+def _reason(step_dir: epath.Path, e: BaseException) -> str:
+  """What is wrong with checkpoint `step_dir`, in words a person can act on: its metadata
+  missing or unreadable, an array file truncated, missing or garbled; else orbax's message."""
+  metadata = step_dir / "state" / "_METADATA"
+  if not metadata.exists():
+    return "its metadata file state/_METADATA is missing"
+  try:
+    json.loads(metadata.read_text())
+  except (OSError, ValueError):
+    return "its metadata file state/_METADATA is unreadable"
   text = " ".join(str(e).split())
-  return f"{type(e).__name__}: {text[:240]}"
+  found = _ARRAY_FILE.search(text)
+  if found:
+    name = os.path.relpath(found.group(1), str(step_dir))
+    if "OUT_OF_RANGE" in text or "is not valid for value of size" in text:
+      return f"its array file {name} is truncated"
+    if "NOT_FOUND" in text:
+      return f"its array file {name} is missing"
+    return f"its array file {name} is garbled: it does not decode"
+  return f"it does not read ({type(e).__name__}: {text[:200]})"
 
 
 def move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -130,7 +151,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract: PyTree, shardings: PyT
       state, data = _read(mngr, step, target)
       reason = None
     except Exception as e:  # pylint: disable=broad-except  (any failure to read: try older)
-      state, data, reason = None, None, _reason(e)
+      state, data, reason = None, None, _reason(epath.Path(mngr.directory) / str(step), e)
     if _all_hosts_ok(reason is None):
       for bad, why in failed:
         dest = move_aside(mngr, bad)
@@ -159,6 +180,7 @@ def restore(mngr: ocp.CheckpointManager, abstract: PyTree, shardings: PyTree,
     state, _ = _read(mngr, step, abstract_with_shardings(abstract, shardings))
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
-        f"checkpoint {mngr.directory}/{step} cannot be restored ({_reason(e)}): it is corrupt, "
+        f"checkpoint {mngr.directory}/{step} cannot be restored "
+        f"({_reason(epath.Path(mngr.directory) / str(step), e)}): it is corrupt, "
         f"or written for another model (then use a fresh --workdir).") from e
   return step, state

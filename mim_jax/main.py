@@ -125,11 +125,20 @@ def main(argv: list[str]) -> None:
                jax.device_count())
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (FileNotFoundError, ValueError) as e:
+  except (OSError, ValueError) as e:  # bad input, a file or permission problem: one line, once
     if os.environ.get("MIM_JAX_TRACEBACK"):
       raise
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+    sys.exit(f"error: {error_text(e)}")
+
+
+def error_text(e: BaseException) -> str:
+  """The error's message; a permission problem with its file and what to do about it."""
+  if isinstance(e, PermissionError) and e.filename:
+    return (f"{e.filename}: permission denied ({e.strerror}); make it readable and writable "
+            f"for this user, or choose another path.")
+  if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+    return f"{e.filename}: {e.strerror or e}."
+  return str(e)
 
 
 def _distributed_in(argv: list[str]) -> bool:

@@ -28,6 +28,10 @@ import optax
 from mim_jax.models import vit as vit_lib
 
 
+OPTIMIZERS = ("adamw", "lars", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 def peak_lr(optim: ml_collections.ConfigDict, global_batch: int) -> float:
   if optim.get("lr") is not None:
     return float(optim.lr)
@@ -48,7 +52,7 @@ def make_schedule(optim: ml_collections.ConfigDict, *, total_steps: int, warmup_
   elif kind == "linear":
     decay = optax.linear_schedule(lr, min_lr, decay_steps)
   else:
-    raise ValueError(f"Unknown schedule {kind!r}: use 'cosine', 'linear' or 'constant'.")
+    raise ValueError(f"Unknown schedule {kind!r}: use one of {SCHEDULES}.")
   if not warmup_steps:  # (optax warns of a 0-step linear schedule)
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay],
@@ -147,7 +151,7 @@ def momentum_optimizer(name: str, schedule: optax.Schedule, *, momentum: float,
   if name == "sgd":
     return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
                        optax.sgd(schedule, momentum=momentum))
-  raise ValueError(f"Unknown optimizer {name!r}: use 'adamw', 'lars' or 'sgd'.")
+  raise ValueError(f"Unknown optimizer {name!r}: use one of {OPTIMIZERS}.")
 
 
 def zero_frozen(frozen: tuple[str, ...]) -> optax.GradientTransformation:

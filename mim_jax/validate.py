@@ -1,37 +1,100 @@
 """Checks of a run's config and workdir that need nothing but the config, the devices and the
 file system: `check(config, workdir)` runs before anything is read, built or written, and raises
 a ValueError whose one line names the value and the fix (`python -m mim_jax.main` prints it as
-`error: ...`)."""
+`error: ...`). Every value is checked against what its key may hold (`mim_jax.allowed`, declared
+beside the defaults) first."""
 from __future__ import annotations
 
+import json
 import os
+from typing import Any, Mapping, Optional
 
 import jax
 import ml_collections
+from absl import logging
 
+from mim_jax import allowed
+from mim_jax import saved_config
 from mim_jax import sharding as sharding_lib
+from mim_jax.data import digits
 from mim_jax.data import input_pipeline
 from mim_jax.objectives import common as objective_common
 
 
+# File systems that hold no files (kernel interfaces): a directory there cannot be created.
+_PSEUDO_FILE_SYSTEMS = frozenset({
+    "proc", "sysfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore",
+    "bpf", "configfs", "mqueue", "fusectl", "binfmt_misc", "efivarfs"})
+
+
+def file_system(path: str, mounts: str = "/proc/mounts") -> Optional[str]:
+  """The type of the file system `path` lies on (the longest mount point above it), from
+  `mounts`; None where that table does not exist (not Linux)."""
+  try:
+    with open(mounts) as f:
+      table = [line.split()[1:3] for line in f if len(line.split()) > 2]
+  except OSError:
+    return None
+  path = os.path.realpath(path)
+  above = [(point, kind) for point, kind in table
+           if path == point or path.startswith(point.rstrip("/") + "/")]
+  return max(above, key=lambda m: len(m[0]))[1] if above else None
+
+
+def check_writable_dir(path: str, what: str, fix: str) -> None:
+  """`path` (existing or not) can be made and written: its nearest existing ancestor is a
+  writable directory on a file system that holds files. `what` names it in the message
+  ("--workdir runs/x"), `fix` says what to do."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"{what}: {existing} is a file, not a directory; {fix}.")
+  kind = file_system(existing)
+  if kind in _PSEUDO_FILE_SYSTEMS:
+    raise ValueError(f"{what}: {existing} is on the kernel's {kind} file system, which holds no "
+                     f"files; {fix}.")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"{what}: {existing} is not writable (read-only file system or "
+                     f"permissions); {fix}.")
+
+
 def check_workdir(workdir: str) -> None:
-  """A non-empty path whose nearest existing ancestor is a writable directory (gs:// and other
-  URLs are left to the storage client)."""
+  """A non-empty path whose nearest existing ancestor is a writable directory on a disk (gs://
+  and other URLs are left to the storage client)."""
   if not workdir or not workdir.strip():
     raise ValueError(f"--workdir {workdir!r} is empty: give the directory for checkpoints and "
                      f"metrics, e.g. --workdir runs/maskalign.")
   if "://" in workdir:
     return
-  path = os.path.abspath(workdir)
-  existing = path
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ValueError(f"--workdir {workdir}: {existing} is a file, not a directory; choose a "
-                     f"workdir that is not under a file.")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise ValueError(f"--workdir {workdir}: {existing} is not writable (read-only file system "
-                     f"or permissions); choose a writable workdir.")
+  check_writable_dir(workdir, f"--workdir {workdir}",
+                     "choose a workdir on a writable disk, e.g. --workdir runs/<name>")
+
+
+def check_data_dir(data: Mapping[str, Any]) -> None:
+  """The TFDS data directory (`data.data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets)
+  can be read; where the dataset is built on first use (the digits) and is not there yet, it can
+  be written. Nothing is written here, and a built dataset is only read: a read-only shared
+  directory works."""
+  given = data.get("data_dir")
+  where = given or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+  if "://" in where:
+    return
+  what = (f"--config.data.data_dir={given}" if given else
+          f"$TFDS_DATA_DIR={where}" if os.environ.get("TFDS_DATA_DIR") else
+          f"the TFDS data dir {where} (data.data_dir unset)")
+  if os.path.exists(where):
+    if not os.path.isdir(where):
+      raise ValueError(f"{what} is a file, not a directory; point it at the directory the "
+                       f"datasets are built in.")
+    if not os.access(where, os.R_OK | os.X_OK):
+      raise ValueError(f"{what} cannot be read (permissions): make it readable for this user "
+                       f"(chmod u+rx, or a+rx for a shared one), or set --config.data.data_dir "
+                       f"to a readable copy.")
+  if data.get("name") == digits.NAME and not (os.path.isdir(where) and digits.is_built(where)):
+    check_writable_dir(where, f"{what} (the digits dataset is built there on first use)",
+                       "build it once where it is writable and point --config.data.data_dir "
+                       "there")
 
 
 def check_batches(config: ml_collections.ConfigDict) -> None:
@@ -66,8 +129,29 @@ def check_teachers(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.{e}") from None
 
 
+def note_changes(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Logs the values that differ from the config the workdir's run saved (a resume with other
+  overrides, or a default that changed since): a resume never changes a value unnoticed."""
+  path = os.path.join(workdir, saved_config.FILE)
+  if "://" in workdir or not os.path.isfile(path):
+    return
+  try:
+    saved = saved_config.read(path)
+  except (OSError, ValueError) as e:
+    logging.warning("%s cannot be read (%s); it is written anew.", path, e)
+    return
+  diffs = saved_config.changes(saved, json.loads(config.to_json_best_effort()))
+  if diffs:
+    logging.warning("%s holds another config than this run's: %s.", path, "; ".join(
+        f"{key} {old!r} -> {new!r}" for key, old, new in diffs))
+
+
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
+  values = config.to_dict()  # a plain copy: the checks read every value
+  allowed.check(values)
   check_workdir(workdir)
+  check_data_dir(values.get("data", {}))
   check_teachers(config)
   check_batches(config)
   input_pipeline.augment_kwargs(config.get("augment"))  # a bad RandAugment spec or probability
+  note_changes(config, workdir)

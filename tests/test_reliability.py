@@ -2,6 +2,7 @@
 bad input refused before anything is written."""
 import functools
 import os
+import re
 import time
 
 import jax
@@ -43,8 +44,11 @@ def _restore(workdir):
                                  shardings)
 
 
-@pytest.mark.parametrize("corrupt", [reliability.truncate, reliability.garble, _drop_metadata])
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt, caplog):
+@pytest.mark.parametrize("corrupt,reason", [
+    (reliability.truncate, r"its array file state/d/[0-9a-f]+ is truncated"),
+    (reliability.garble, r"its array file state/d/[0-9a-f]+ is garbled: it does not decode"),
+    (_drop_metadata, r"its metadata file state/_METADATA is missing")])
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt, reason, caplog):
   root = _write_steps(str(tmp_path), [1, 2, 3])
   corrupt(os.path.join(root, "3"))
   with caplog.at_level("WARNING"):
@@ -55,6 +59,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt,
   assert sorted(os.listdir(root)) == ["1", "2", "corrupt-3-0"]  # moved aside, not deleted
   warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
   assert len(warnings) == 1 and "step 3" in warnings[0] and "resumed from step 2" in warnings[0]
+  assert re.search(rf"step 3 cannot be read \({reason}\); moved", warnings[0]), warnings[0]
 
 
 def test_corrupt_twice_keeps_both_aside_and_saving_goes_on(tmp_path):

@@ -31,6 +31,7 @@ import numpy as np
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import plots as run_plots
+from mim_jax import saved_config
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
@@ -84,14 +85,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ---- restoring ---------------------------------------------------------------------------------
 def load_config(workdir: str, spec: Optional[str] = None) -> ml_collections.ConfigDict:
-  """`spec` (path[:arg]) if given, else the run's own `<workdir>/config.json`."""
+  """`spec` (path[:arg]) if given, else the run's own `<workdir>/config.json` as today's code
+  reads it (`mim_jax.saved_config`: renamed keys under their new names)."""
   if spec:
     return config_file.load(spec)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist: pass --config for this run.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return saved_config.load(workdir)
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+NAME = "mim_digits"
 IMAGE_SIZE = 32
 NUM_TEST = 300
 _SPLIT_SEED = 0
@@ -89,8 +90,15 @@ def _build_lock(data_dir: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def is_built(data_dir: Optional[str] = None) -> bool:
+  """Whether `data_dir` holds the built dataset (read only: nothing is written)."""
+  return MimDigits(data_dir=data_dir).is_prepared()
+
+
 def ensure_built(data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
-  """Returns the `mim_digits` builder, building it into `data_dir` first if needed (~2 s)."""
+  """Returns the `mim_digits` builder, building it into `data_dir` first if needed (~2 s).
+  A built dataset is only read (its directory may be read-only); the build lock is taken, inside
+  `data_dir`, only to build."""
   builder = MimDigits(data_dir=data_dir)
   if builder.is_prepared():
     return builder

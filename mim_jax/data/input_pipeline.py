@@ -63,6 +63,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mim_jax import allowed
 from mim_jax.data import digits
 from mim_jax.data import preprocess
 from mim_jax.data import randaugment
@@ -97,6 +98,21 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
+ALLOWED = {
+    "name": allowed.free("a TFDS dataset name, looked up before the run writes"),
+    "data_dir": allowed.free("a directory, checked before the run writes"),
+    "split": allowed.free("a TFDS split, looked up with the dataset"),
+    "eval_split": allowed.free("a TFDS split, looked up with the dataset"),
+    "image_size": allowed.integer(ge=1).bound(allowed.multiple_of_patch),
+    "crop_scale": allowed.pair(gt=0, le=1, note="of the image's area"),
+    "crop_pct": allowed.number(gt=0, le=1),
+    "flip": allowed.flag(),
+    "color_jitter": allowed.number(ge=0, note="0: off"),
+    "shuffle_buffer": allowed.integer(ge=1),
+    "cache": allowed.flag(),
+}
+
+
 def _field(config_data: ml_collections.ConfigDict, key: str) -> Any:
   """A config field, or its default when the experiment's config leaves it out."""
   return config_data.get(key, default_config()[key])
@@ -114,7 +130,7 @@ def _not_found(name: str, where: str) -> DatasetNotFoundError:
 
 def get_builder(name: str, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
   """The TFDS builder of `name`; "mim_digits" is built locally on first use."""
-  if name == "mim_digits":
+  if name == digits.NAME:
     return digits.ensure_built(data_dir)
   try:
     return tfds.builder(name, data_dir=data_dir)
@@ -364,6 +380,15 @@ def host_position(gathered: Optional[dict]) -> Optional[dict[str, int]]:
     return None
   i = jax.process_index()
   return {"records": gathered["records"][i], "skipped": gathered["skipped"][i]}
+
+
+# `config.augment` (fine-tuning configs).
+AUGMENT_ALLOWED = {
+    "randaugment": allowed.checked_by(lambda v: v == "" or randaugment.parse(v),
+                                      "'' (off) or a RandAugment spec like "
+                                      "'rand-m9-mstd0.5-inc1'", "rand-q9", optional=True),
+    "random_erasing": allowed.number(ge=0, le=1, note="a probability"),
+}
 
 
 def augment_kwargs(augment: Optional[ml_collections.ConfigDict]) -> dict[str, Any]:

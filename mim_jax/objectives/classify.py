@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from mim_jax import allowed
 from mim_jax.models import layers
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
@@ -176,3 +177,14 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       num_classes=1000, pool="avg", label_smoothing=0.1, head_init_std=2e-5,
       mixup=0.0, cutmix=0.0, mix_switch_prob=0.5))
+
+
+ALLOWED = {
+    "num_classes": allowed.integer(ge=1),
+    "pool": allowed.one_of(*POOLS),
+    "label_smoothing": allowed.number(ge=0, lt=1),
+    "head_init_std": allowed.number(ge=0),
+    "mixup": allowed.number(ge=0, note="a Beta alpha; 0: off"),
+    "cutmix": allowed.number(ge=0, note="a Beta alpha; 0: off"),
+    "mix_switch_prob": allowed.number(ge=0, le=1),
+}

@@ -12,11 +12,16 @@ from mim_jax.models.convvit import ConvViT
 from mim_jax.models.vit import ViT
 
 
+PRECISIONS = ("float32", "bfloat16")
+TARGET_NORMS = ("ln", "bn", "l2", "none")  # normalize_target
+LOSSES = ("smooth_l1", "l2", "mse", "l1", "cosine")  # regression_loss
+
+
 def compute_dtype(config: ml_collections.ConfigDict):
   """The matmul input dtype: 'float32' or 'bfloat16' (parameters stay float32)."""
   name = config.get("precision", "float32")
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"precision must be 'float32' or 'bfloat16', got {name!r}.")
+  if name not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}.")
   return jnp.dtype(name)
 
 
@@ -30,7 +35,7 @@ def teacher_dtype(config: ml_collections.ConfigDict, index: int = 0) -> str:
     raise ValueError(f"teacher.dtype {raw!r} gives {len(names)} dtypes for {n} teachers: give "
                      f"one for all or one per teacher.")
   name = names[index if len(names) > 1 else 0]
-  if name not in ("float32", "bfloat16"):
+  if name not in PRECISIONS:
     raise ValueError(f"teacher.dtype must be 'float32', 'bfloat16' or None (follow precision), "
                      f"got {name!r}.")
   return name
@@ -110,7 +115,7 @@ def normalize_target(x: jax.Array, norm: str, eps: float = 1e-5) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
   if norm == "none":
     return x
-  raise ValueError(f"Unknown target norm {norm!r}: use 'ln', 'bn', 'l2' or 'none'.")
+  raise ValueError(f"Unknown target norm {norm!r}: use one of {TARGET_NORMS}.")
 
 
 def regression_loss(pred: jax.Array, target: jax.Array, kind: str, beta: float = 1.0
@@ -132,4 +137,4 @@ def regression_loss(pred: jax.Array, target: jax.Array, kind: str, beta: float =
   if kind == "cosine":
     unit = lambda v: v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, -1, keepdims=True), 1e-12))
     return 1.0 - jnp.sum(unit(pred.astype(jnp.float32)) * unit(target), -1)
-  raise ValueError(f"Unknown loss {kind!r}: use 'smooth_l1', 'l2', 'l1' or 'cosine'.")
+  raise ValueError(f"Unknown loss {kind!r}: use one of {LOSSES}.")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mim_jax import allowed
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
 from mim_jax.objectives import maskdistill
@@ -67,3 +68,11 @@ def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       target_norm="ln", loss="smooth_l1", beta=2.0, with_cls=True))
+
+
+ALLOWED = {
+    "target_norm": allowed.one_of(*common.TARGET_NORMS),
+    "loss": allowed.one_of(*maskdistill.TOKEN_LOSSES),
+    "beta": allowed.number(gt=0),
+    "with_cls": allowed.flag(),
+}

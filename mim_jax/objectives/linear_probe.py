@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mim_jax import allowed
 from mim_jax.data import input_pipeline
 from mim_jax.evaluation import features
 from mim_jax.evaluation import linear_probe as probe_lib
@@ -99,3 +100,10 @@ def prepare_state(setup: Any, state: Any) -> Any:
 def default_config() -> ml_collections.ConfigDict:
   """`config.objective` of "linear_probe" (MAE: CLS feature, no label smoothing)."""
   return ml_collections.ConfigDict(dict(num_classes=1000, pool="cls", label_smoothing=0.0))
+
+
+ALLOWED = {
+    "num_classes": allowed.integer(ge=1),
+    "pool": allowed.one_of(*features.POOLS),
+    "label_smoothing": allowed.number(ge=0, lt=1),
+}

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mim_jax import allowed
 from mim_jax import config as config_lib
 from mim_jax import masking
 from mim_jax.models import layers
@@ -238,6 +239,22 @@ def decoder_config() -> ml_collections.ConfigDict:
                                         attn_drop=0.0))
 
 
+def _divides_width(heads: int, ctx: allowed.Context):
+  width = ctx.get("objective.decoder.width")
+  if isinstance(width, int) and width % heads:
+    return f"a divisor of objective.decoder.width ({width})"
+  return None
+
+
+DECODER_ALLOWED = {
+    "width": allowed.integer(ge=1),
+    "depth": allowed.integer(ge=1),
+    "heads": allowed.integer(ge=1).bound(_divides_width),
+    "mlp_dim": allowed.integer(ge=1),
+    "attn_drop": allowed.number(ge=0, lt=1),
+}
+
+
 def recon_config() -> ml_collections.ConfigDict:
   """Target switches shared by MAE and MR-MAE (MAE's public-code target by default)."""
   c = ml_collections.ConfigDict(dict(norm_pix=True, global_norm="global_rgb",
@@ -248,6 +265,14 @@ def recon_config() -> ml_collections.ConfigDict:
   return c
 
 
+RECON_ALLOWED = {
+    "norm_pix": allowed.flag(),
+    "global_norm": allowed.one_of(*GLOBAL_NORMS),
+    "stats_path": allowed.free("an .npz of dataset statistics, read before the run writes"),
+    **allowed.prefixed("decoder", DECODER_ALLOWED),
+}
+
+
 def default_config() -> ml_collections.ConfigDict:
   c = recon_config()
   # Robust MAE's mid-level mask tokens: int(N * ratio) of the masked patches enter the encoder
@@ -256,3 +281,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.mid_mask_ratio = 0.0
   c.mid_mask_depth = 8
   return c
+
+
+ALLOWED = {
+    **RECON_ALLOWED,
+    "mid_mask_ratio": allowed.number(ge=0, le=1),
+    "mid_mask_depth": allowed.integer(ge=0),  # a block of the student: checked with the model
+}

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mim_jax import allowed
 from mim_jax.models import layers
 from mim_jax.models.vit import ViT, gather_tokens
 from mim_jax.objectives import common
@@ -38,7 +39,8 @@ def layer_weights(kind: str, num_layers: int, k: int = 5, mid: int = 6) -> tuple
   """
   t = num_layers
   if kind == "top_k":
-    k = min(k, t)
+    if not 1 <= k <= t:
+      raise ValueError(f"top_k={k} is not a number of the teacher's {t} layers: use 1..{t}.")
     return (0.0,) * (t - k) + (1.0 / k,) * k
   if kind == "out":
     return (0.0,) * (t - 1) + (1.0,)
@@ -152,4 +154,30 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       adaptor="linear", alignment="dynamic", layer_weights="top_k", top_k=5, mid_layer=6,
       target_norm="ln", align_cls=True, loss="smooth_l1", beta=1.0))
+
+
+def _teacher_layer(weighting: str, first: int) -> allowed.Where:
+  """top_k (first 1) / mid_layer (first 0): within the teacher's blocks, for its weighting."""
+  def where(value: int, ctx: allowed.Context):
+    depths = ctx.teacher_depths
+    if ctx.get("objective.layer_weights") != weighting or not depths:
+      return None
+    last = min(depths) - 1 + first
+    if not first <= value <= last:
+      return f"an integer in [{first}, {last}] (the teacher has {min(depths)} blocks)"
+    return None
+  return where
+
+
+ALLOWED = {
+    "adaptor": allowed.one_of("linear", "mlp"),
+    "alignment": allowed.one_of("dynamic", "layerwise"),
+    "layer_weights": allowed.one_of(*LAYER_WEIGHTS),
+    "top_k": allowed.integer(ge=1).bound(_teacher_layer("top_k", 1)),
+    "mid_layer": allowed.integer(ge=0).bound(_teacher_layer("mid", 0)),
+    "target_norm": allowed.one_of(*common.TARGET_NORMS),
+    "align_cls": allowed.flag(),
+    "loss": allowed.one_of(*common.LOSSES),
+    "beta": allowed.number(gt=0),
+}
 

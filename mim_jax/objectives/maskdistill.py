@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mim_jax import allowed
 from mim_jax.models import layers
 from mim_jax.models.vit import BEIT_STD, ViT
 from mim_jax.objectives import common
@@ -93,10 +94,14 @@ def targets(hidden_states: tuple, layers_kind: str, norm: str) -> jax.Array:
   return common.normalize_target(x, norm)
 
 
+TOKEN_LOSSES = ("smooth_l1", "mse", "cosine")
+LOSS_ON = ("masked", "all")
+
+
 def token_loss(pred: jax.Array, target: jax.Array, kind: str, beta: float) -> jax.Array:
   """Per-token loss [B, N]: element losses averaged over channels, or 1 - cos."""
-  if kind not in ("smooth_l1", "mse", "cosine"):
-    raise ValueError(f"Unknown loss {kind!r}: use 'smooth_l1', 'mse' or 'cosine'.")
+  if kind not in TOKEN_LOSSES:
+    raise ValueError(f"Unknown loss {kind!r}: use one of {TOKEN_LOSSES}.")
   per = common.regression_loss(pred, target, kind, beta=beta)
   return per if kind == "cosine" else per.mean(-1)
 
@@ -107,7 +112,7 @@ def loss_weights(mask: jax.Array, loss_on: str) -> jax.Array:
     return mask.astype(F32)
   if loss_on == "all":
     return jnp.ones(mask.shape, F32)
-  raise ValueError(f"Unknown loss_on {loss_on!r}: use 'masked' or 'all'.")
+  raise ValueError(f"Unknown loss_on {loss_on!r}: use one of {LOSS_ON}.")
 
 
 def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
@@ -131,3 +136,12 @@ def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       target_layers="last", target_norm="ln", loss="smooth_l1", beta=1.0, loss_on="masked"))
+
+
+ALLOWED = {
+    "target_layers": allowed.one_of(*TARGET_LAYERS),
+    "target_norm": allowed.one_of(*common.TARGET_NORMS),
+    "loss": allowed.one_of(*TOKEN_LOSSES),
+    "beta": allowed.number(gt=0),
+    "loss_on": allowed.one_of(*LOSS_ON),
+}

@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mim_jax import allowed
 from mim_jax import teachers
 from mim_jax.models import layers
 from mim_jax.models.decoder import Decoder
@@ -190,3 +191,15 @@ def default_config() -> ml_collections.ConfigDict:
   # explicit block indices (overrides num_fusion); () = no fusion
   c.fusion_layers = ml_collections.FieldReference(None, field_type=tuple)
   return c
+
+
+ALLOWED = {
+    **mae.RECON_ALLOWED,
+    "mimic_weight": allowed.number(ge=0),
+    "recon_weight": allowed.number(ge=0),
+    "target_layer": allowed.one_of(*TARGET_LAYERS),
+    "target_norm": allowed.one_of(*common.TARGET_NORMS),
+    "mimic_cls": allowed.flag(),
+    "num_fusion": allowed.integer(ge=1),
+    "fusion_layers": allowed.indices(optional=True, note="blocks of the student"),
+}

@@ -70,6 +70,27 @@ def load(spec: str, *, dtype: str = "float32", param_dtype: Optional[str] = None
                  params=to_device(params, param_dtype or dtype))
 
 
+def shape(spec: str) -> tuple[str, Arch]:
+  """(kind, Arch) of a known name or a checkpoint directory, from its config.json alone (no
+  weight is read)."""
+  if spec in KNOWN:
+    return KNOWN[spec].kind, KNOWN[spec].arch
+  if not os.path.isdir(spec):
+    raise FileNotFoundError(f"Teacher {spec!r} is neither a checkpoint directory nor a known "
+                            f"name {sorted(KNOWN)}; for a shape only, a known name of "
+                            f"the same architecture will do.")
+  config = io.read_config(spec)
+  model_type = config.get("model_type")
+  if model_type == "vit":
+    return "vit", vit.arch_from_config(config)
+  if model_type in ("clip", "clip_vision_model"):
+    vision, proj_dim, has_proj = clip.vision_config(config)
+    # has_proj None (no architecture named): the weights would decide; a projection is a few
+    # hundred KB and MaskAlign-type objectives never read it, so leave it out.
+    return "clip", clip.arch_from_config(vision, proj_dim if has_proj else 0)
+  raise io.CheckpointError(f"{spec!r}: model_type {model_type!r} is not handled.")
+
+
 def random_teacher(name_or_kind: str, arch: Optional[Arch] = None, *, seed: int = 0,
                    dtype: str = "float32", param_dtype: Optional[str] = None) -> Teacher:
   """A teacher with random weights: a known name's shape, or kind ("vit" | "clip") and `arch`."""

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional
 import ml_collections
 
 from mim_jax import config as config_lib
+from mim_jax import saved_config
 
 
 def split_spec(spec: str) -> tuple[str, Optional[str]]:
@@ -42,10 +43,14 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 
 def check_keys(config: ml_collections.ConfigDict, keys: Iterable[str], prefix: str = "") -> None:
-  """Raises KeyError naming the closest valid key for any dotted key the config lacks (keys
-  and the hint are spelt `prefix + key`, e.g. prefix "--config." for command-line flags)."""
+  """Raises KeyError naming the closest valid key for any dotted key the config lacks, or its
+  new name when it was renamed (`mim_jax.saved_config.RENAMED`); keys and the hint are spelt
+  `prefix + key`, e.g. prefix "--config." for command-line flags."""
   valid = set(config_lib.flat_keys(config))
   for key in keys:
+    new = saved_config.new_name(key)
+    if key not in valid and new in valid:
+      raise KeyError(f"{prefix}{key} was renamed to {prefix}{new}: use that")
     if key not in valid:
       guess = config_lib.closest_key(config, key)
       hint = f"; did you mean {prefix}{guess}?" if guess else ""
