@@ -27,7 +27,8 @@ else
   reqs=requirements.txt; files=requirements.txt
 fi
 extras=()
-for name in ${MIM_JAX_EXTRAS//,/ }; do
+extras_list=${MIM_JAX_EXTRAS:-}
+for name in ${extras_list//,/ }; do
   if [[ ! -f requirements-$name.txt ]]; then
     echo "error: MIM_JAX_EXTRAS names '$name' but requirements-$name.txt does not exist;" \
          "use one of: $(ls requirements-*.txt | sed 's/requirements-//; s/.txt//' | tr '\n' ' ')" >&2
