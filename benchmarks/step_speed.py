@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.teacher_throughput import matmul_peak  # noqa: E402
 from configs import maskalign_b16_clip_b16  # noqa: E402
-from mim_jax import sharding, step as step_lib, teachers, train  # noqa: E402
+from mim_jax import assembly, sharding, step as step_lib, teachers  # noqa: E402
 
 STEP_GFLOP = 541.0
 PYTORCH_BAR_S = {"float32": 2.78, "bfloat16": 0.91}
@@ -40,13 +40,13 @@ def make_step(precision: str, batch: int):
   config.batch_size = batch
   config.precision = precision
   config.teacher.dtype = precision
-  # Teacher weights stored in the teacher's dtype, as `train.load_teacher` stores them (frozen:
+  # Teacher weights stored in the teacher's dtype, as `assembly.load_teacher` stores them (frozen:
   # the same bf16 matmul inputs as float32 weights cast in every step, without the casts).
   teacher = teachers.random_teacher("clip_b16", dtype=precision).for_student(224, 16)
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  setup = train.make_setup(config, teacher, mesh, total_steps=1000, warmup_steps=10)
+  setup = assembly.make_setup(config, teacher, mesh, total_steps=1000, warmup_steps=10)
   state = step_lib.init_state(setup, jax.random.key(0))
-  t_sh = train.teacher_shardings(teacher, mesh)
+  t_sh = assembly.teacher_shardings(teacher, mesh)
   t_params = jax.device_put(teacher.params, t_sh)
   images = np.random.default_rng(0).standard_normal((batch, 224, 224, 3)).astype(np.float32)
   batch_arr = {"image": jax.device_put(images, sharding.batch_sharding(mesh, 4))}

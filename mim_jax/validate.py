@@ -9,9 +9,9 @@ import os
 import jax
 import ml_collections
 
+from mim_jax import objectives
 from mim_jax import sharding as sharding_lib
 from mim_jax.data import input_pipeline
-from mim_jax.objectives import common as objective_common
 
 
 def check_workdir(workdir: str) -> None:
@@ -61,7 +61,7 @@ def check_teachers(config: ml_collections.ConfigDict) -> None:
   """`teacher.spec` (one spec, or several for a method that mimics them jointly), the teachers'
   dtypes and `teacher.attention_from`; the teachers themselves are read later."""
   try:
-    objective_common.teacher_settings(config)
+    objectives.teacher_settings(config)
   except ValueError as e:
     raise ValueError(f"--config.{e}") from None
 

@@ -20,6 +20,7 @@ import ml_collections
 from mim_jax.models import layers
 from mim_jax.models.vit import ViT, gather_tokens
 from mim_jax.objectives import common
+from mim_jax.objectives import evaluators
 
 F32 = jnp.float32
 
@@ -146,6 +147,11 @@ def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
     metrics[f"loss/layer{j}"] = per_layer
     total = total + weights[j] * per_layer
   return total, metrics
+
+
+# The run's periodic evaluation (kNN of the student's features); nothing measured before step 1.
+evaluate = evaluators.student_knn
+prepare_state = common.keep_state
 
 
 def default_config() -> ml_collections.ConfigDict:
