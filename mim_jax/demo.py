@@ -25,9 +25,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import logging  # noqa: E402
-
 import ml_collections  # noqa: E402
+from absl import logging  # noqa: E402
 
 from mim_jax import config as config_lib  # noqa: E402
 from mim_jax import export, plots, train  # noqa: E402

@@ -174,3 +174,18 @@ def test_resume_across_student_scan(tmp_path, tiny_vit_teacher_dir):
         jax.device_get(state))
   chex.assert_trees_all_close(without_key_bias(state_a), without_key_bias(state_b),
                               rtol=1e-4, atol=1e-6)
+
+
+def test_the_objective_chooses_the_evaluation_and_its_contract_is_enforced(monkeypatch):
+  """Pretraining objectives report kNN of the student's features, classifiers their top-1 /
+  top-5; a module without the whole contract is refused by name, not found missing mid-run."""
+  from mim_jax import objectives  # pylint: disable=import-outside-toplevel
+  from mim_jax.objectives import evaluators  # pylint: disable=import-outside-toplevel
+  classifiers = {"classify", "linear_probe"}
+  for method in objectives.METHODS:
+    want = evaluators.classifier_accuracy if method in classifiers else evaluators.student_knn
+    assert objectives.get(method).evaluate is want, method
+  monkeypatch.setitem(objectives.METHODS, "broken", "mim_jax.objectives.evaluators")
+  with pytest.raises(TypeError, match=r"lacks \['make_model', 'loss_fn', 'default_config', "
+                                      r"'evaluate', 'prepare_state'\]"):
+    objectives.get("broken")
