@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.teacher_throughput import matmul_peak  # noqa: E402
 from configs import maskalign_b16_clip_b16  # noqa: E402
-from mim_jax import chips, sharding, step as step_lib, teachers, train  # noqa: E402
+from mim_jax import assembly, chips, sharding, step as step_lib, teachers  # noqa: E402
 from mim_jax import config as config_lib  # noqa: E402
 
 STEP_GFLOP = 541.0
@@ -53,7 +53,7 @@ def maskalign_config(precision: str, batch: int, arg: str | None = None):
 
 def random_teacher(config, name: str = "clip_b16") -> teachers.Teacher:
   """A teacher with random weights in a known model's shapes, matched to the student's grid and
-  stored in the teacher's dtype, as `train.load_teacher` stores them (frozen: the same bf16
+  stored in the teacher's dtype, as `assembly.load_teacher` stores them (frozen: the same bf16
   matmul inputs as float32 weights cast in every step, without the casts)."""
   _, patch = config_lib.decode_variant(config.student.variant)
   teacher = teachers.random_teacher(name, dtype=config.teacher.dtype)
@@ -64,8 +64,8 @@ def build(config, teacher: teachers.Teacher, device, images: np.ndarray, warmup_
   """(setup, jitted step, teacher params, batch) of `config` on one device; the state is made
   by the caller (`step_lib.init_state(setup, key)`, or copied in)."""
   mesh = sharding.make_mesh({"data": 1}, devices=[device])
-  setup = train.make_setup(config, teacher, mesh, total_steps=1000, warmup_steps=warmup_steps)
-  t_sh = train.teacher_shardings(teacher, mesh)
+  setup = assembly.make_setup(config, teacher, mesh, total_steps=1000, warmup_steps=warmup_steps)
+  t_sh = assembly.teacher_shardings(teacher, mesh)
   t_params = jax.device_put(teacher.params, t_sh)
   batch = {"image": jax.device_put(images, sharding.batch_sharding(mesh, 4))}
   return setup, step_lib.jit_train_step(setup, batch, t_sh), t_params, batch

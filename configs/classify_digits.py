@@ -11,13 +11,13 @@ Arguments: variant=micro/4 (student size at 32x32), steps=300, pool=cls (the CLS
 the class, so the teacher's last-layer CLS attention is meaningful for attentive masking),
 runlocal=True (nano/4 at 16x16, a few steps).
 """
-from configs import common
+from mim_jax import defaults
 from mim_jax import config as config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, variant="micro/4", steps=300, pool="cls")
-  c = common.base("classify")
+  c = defaults.base("classify")
   c.student.variant = arg.variant
   c.student.drop_path = 0.1
   c.teacher.spec = None
@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.objective.label_smoothing = 0.1
 
   # Crops above 60% of the area: smaller ones would cut digits in half.
-  common.digits_data(c, image_size=32, crop_scale=(0.6, 1.0))
+  defaults.digits_data(c, image_size=32, crop_scale=(0.6, 1.0))
 
   c.batch_size = 64
   c.total_epochs = None
@@ -39,5 +39,5 @@ def get_config(arg=None):
   c.log_every = 20
   c.checkpoint_every = 100
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
   return c

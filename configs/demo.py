@@ -15,7 +15,7 @@ fine-tune recipe, `configs/finetune.py`, at the demo's size and a fixed step bud
 cutmix and RandAugment off on 32x32 digits), run once from the pretrained student and once from
 a random init with the same budget.
 """
-from configs import common
+from mim_jax import defaults
 from configs import finetune
 from configs import maskalign_b16_clip_b16
 from mim_jax import config as config_lib
@@ -28,7 +28,7 @@ def get_config(arg=None):
   c.mask.kind, c.mask.ratio = "attentive", 0.7
   c.objective.top_k = 2  # of the teacher's 4 blocks (the paper: 5 of 12)
 
-  common.digits_data(c, image_size=32, crop_scale=(0.5, 1.0))
+  defaults.digits_data(c, image_size=32, crop_scale=(0.5, 1.0))
 
   c.batch_size = 64
   c.total_epochs = None
@@ -51,7 +51,7 @@ def get_finetune_config(arg=None):
   c = finetune.get_config("recipe=maskalign")
   c.student = pre.student
   c.student.drop_path = 0.1
-  common.digits_data(c, image_size=pre.data.image_size, crop_scale=pre.data.crop_scale)
+  defaults.digits_data(c, image_size=pre.data.image_size, crop_scale=pre.data.crop_scale)
   c.objective.num_classes = 10
   c.objective.mixup = c.objective.cutmix = 0.0
   c.augment.randaugment = ""  # its rotations and inversions change what a digit is

@@ -12,13 +12,13 @@ wd 0.05, grad clip 3.0, drop path 0.2, 10 warmup epochs, cosine to 2e-5 (the cod
 by 2048 / 512 like its lr), RandomResizedCrop scale (0.08, 1) + flip. Student as FD's code builds
 it: shared relative position bias, no absolute position embedding, layer scale 0.1, BEiT init.
 """
-from configs import common
+from mim_jax import defaults
 from mim_jax import config as config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, variant="B/16", teacher="clip_b16")
-  c = common.base("fd")
+  c = defaults.base("fd")
   c.student.variant = arg.variant
   c.student.drop_path = 0.2
   c.student.posemb = "none"
@@ -39,6 +39,6 @@ def get_config(arg=None):
   c.optim.clip_norm = 3.0
   c.data.crop_scale = (0.08, 1.0)
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
     c.optim.lr = 1.2e-3  # the paper's peak: base_lr * 16 / 256 would sit below min_lr
   return c

@@ -44,7 +44,7 @@ import importlib
 
 import ml_collections
 
-from configs import common
+from mim_jax import defaults
 from mim_jax import config as config_lib
 
 PRETRAIN_CONFIG = {"maskalign": "maskalign_b16_clip_b16", "maskdistill": "maskdistill_b16_clip_b16",
@@ -99,7 +99,7 @@ def get_config(arg=None):
                      f"{known}.")
   epochs, warmup, base_lr, layer_decay, drop_path = SCHEDULES[arg.recipe][size]
 
-  c = common.base("classify")
+  c = defaults.base("classify")
   c.teacher.spec = None
   c.mask.kind, c.mask.ratio = "none", 0.0
   c.objective.num_classes = 1000
@@ -123,7 +123,7 @@ def get_config(arg=None):
                                              random_erasing=0.25))
   c.eval.every = 6_250  # ~5 epochs at batch 1024, and the last step
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
     c.objective.num_classes = 10
     c.eval.every = c.total_steps  # results.json at the end
     c.data.image_size = pretraining_config(arg.recipe, arg.variant, True).data.image_size

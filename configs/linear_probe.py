@@ -17,7 +17,7 @@ other papers give none: MAE's.
 """
 import ml_collections
 
-from configs import common
+from mim_jax import defaults
 from configs import finetune
 from mim_jax import config as config_lib
 from mim_jax.objectives import linear_probe
@@ -29,7 +29,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, variant="B/16", recipe="mae")
   if arg.recipe not in finetune.RECIPES:
     raise ValueError(f"Unknown recipe {arg.recipe!r}; known: {', '.join(finetune.RECIPES)}.")
-  c = common.base("linear_probe")
+  c = defaults.base("linear_probe")
   c.teacher.spec = None
   c.mask.kind, c.mask.ratio = "none", 0.0
   c.objective.num_classes = 1000
@@ -48,7 +48,7 @@ def get_config(arg=None):
   c.init_from = ml_collections.FieldReference(None, field_type=str)  # mim_jax/init_from.py
   c.eval.every = 780  # ~10 epochs at batch 16384, and the last step
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
     c.objective.num_classes = 10
     c.optim.base_lr = 20.0  # LARS's trust ratio makes steps tiny on 1.5k digits
     c.eval.every = c.total_steps

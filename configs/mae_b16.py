@@ -12,13 +12,13 @@ with ImageNet statistics, exactly MAE's public code; see mim_jax/objectives/mae.
 
 Arguments: variant=B/16 (student size), runlocal=True (nano student, tiny decoder, digits).
 """
-from configs import common
+from mim_jax import defaults
 from mim_jax import config as config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, variant="B/16")
-  c = common.base("mae")
+  c = defaults.base("mae")
   c.student.variant = arg.variant
   c.student.drop_path = 0.0
   c.teacher.spec = None
@@ -36,5 +36,5 @@ def get_config(arg=None):
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.95, 0.05
   c.data.crop_scale = (0.2, 1.0)
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
   return c

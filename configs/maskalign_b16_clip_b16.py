@@ -13,13 +13,13 @@ parameters) also decays `cls_token` [1, 1, D]. We keep the ViT convention (timm 
 `no_weight_decay`: pos_embed, cls_token) shared by every method here, so that the tables' rows
 differ only in what they ablate; it touches D of ~86M parameters.
 """
-from configs import common
+from mim_jax import defaults
 from mim_jax import config as config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, variant="B/16", teacher="clip_b16")
-  c = common.base("maskalign")
+  c = defaults.base("maskalign")
   c.student.variant = arg.variant
   c.student.drop_path = 0.2 if arg.variant.startswith("L") else 0.1
   c.teacher.spec = arg.teacher
@@ -32,6 +32,6 @@ def get_config(arg=None):
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.95, 0.05
   c.data.crop_scale = (0.2, 1.0)
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
     c.objective.top_k = 2
   return c

@@ -16,14 +16,14 @@ in the paper: RandomResizedCrop scale (0.2, 1), as BEiT v2's published pretraini
 (--min_crop_scale 0.2) and the masked-distillation study's MaskDistill recipe (its appendix
 table: min crop scale 0.2).
 """
-from configs import common
+from mim_jax import defaults
 from mim_jax import config as config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, variant="B/16", teacher="clip_b16")
   size = arg.variant.split("/")[0]
-  c = common.base("maskdistill")
+  c = defaults.base("maskdistill")
   c.student.variant = arg.variant
   c.student.drop_path = {"L": 0.2, "H": 0.25}.get(size, 0.1)
   c.student.posemb = "none"
@@ -46,6 +46,6 @@ def get_config(arg=None):
   c.data.crop_scale = (0.2, 1.0)
   c.data.color_jitter = 0.4
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
     c.optim.lr = 1.5e-3  # the paper's peak: base_lr * 16 / 256 would sit below min_lr
   return c

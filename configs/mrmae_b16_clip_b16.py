@@ -23,13 +23,13 @@ Arguments: variant=B/16 (student), teacher=clip_b16 (zoo name or checkpoint dir;
 by "+", since the argument string itself is comma-separated), runlocal=True (nano student, tiny
 decoder, digits, the demo's own teacher, once per listed teacher).
 """
-from configs import common
+from mim_jax import defaults
 from mim_jax import config as config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, runlocal=False, variant="B/16", teacher="clip_b16")
-  c = common.base("mrmae")
+  c = defaults.base("mrmae")
   c.student.variant = arg.variant
   c.student.drop_path = 0.0
   c.teacher.spec = arg.teacher.replace("+", ",")  # teacher.spec separates several by commas
@@ -49,5 +49,5 @@ def get_config(arg=None):
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.95, 0.05
   c.data.crop_scale = (0.2, 1.0)
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
   return c

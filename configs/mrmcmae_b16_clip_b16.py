@@ -20,7 +20,7 @@ Arguments: variant=ConvB/16 (a hybrid student), teacher=clip_b16 (zoo name or ch
 runlocal=True (Convnano student at 64 px (a 4 x 4 grid), tiny decoder, digits, the demo's own
 teacher).
 """
-from configs import common
+from mim_jax import defaults
 from configs import mrmae_b16_clip_b16
 from mim_jax import config as config_lib
 
@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.warmup_percent = None
   c.warmup_epochs = 80.0
   if arg.runlocal:
-    common.shrink_for_local(c)
+    defaults.shrink_for_local(c)
     c.student.variant = "Convnano/16"
     c.data.image_size = 64
   return c

@@ -1,25 +1,24 @@
 """What each config value may be: declared beside its default, checked in one place.
 
 Every module that builds defaults declares what its keys may hold, in a dict `ALLOWED` beside
-them (keys relative to the block it builds): `configs/common.py` (the keys every config has, and
-the few some configs add), each objective module (`config.objective`) and
-`mim_jax/data/input_pipeline.py` (`config.data`; `AUGMENT_ALLOWED`: `config.augment`).
-`declarations(config)` gathers a config's; `check(config)` (from `mim_jax.validate.check`, before
-a run reads or writes anything) refuses the first value outside them with one line naming the
-key, the value and what the key takes. A declaration may also bound a value by other values
+them (keys relative to the block it builds): `mim_jax/defaults.py` (the keys every config has,
+and the few some configs add), each objective module (`config.objective`) and
+`mim_jax/data/input_pipeline.py` (`config.data`; `AUGMENT_ALLOWED`: `config.augment`). This
+module holds only the kinds of declaration; `mim_jax.validate` gathers a config's declarations
+and, before a run reads or writes anything, refuses the first value outside them with one line
+naming the key, the value and what the key takes. A declaration may also bound a value by other values
 (`where`): the mask ratio by the patch grid, top-K by the teacher's depth.
 
-`check` reads a plain copy of the config (`config.to_dict()`), never the live ConfigDict.
+The checks read a plain copy of the config (`config.to_dict()`), never the live ConfigDict.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from mim_jax import saved_config
+from mim_jax import config as config_lib
 
 Where = Callable[[Any, "Context"], Optional[str]]
 
@@ -165,8 +164,10 @@ class Context:
   the teachers' depths. Each is None when the config does not determine it (then the bound is
   not applied: another key's own check reports why)."""
 
-  def __init__(self, config: Mapping[str, Any]):
+  def __init__(self, config: Mapping[str, Any],
+               teacher_depths: Optional[tuple[int, ...]] = None):
     self.config = config
+    self.teacher_depths = teacher_depths  # None: unknown (see `validate.teacher_depths`)
 
   def get(self, dotted: str, default: Any = None) -> Any:
     node: Any = self.config
@@ -178,7 +179,6 @@ class Context:
 
   @functools.cached_property
   def patch(self) -> Optional[int]:
-    from mim_jax import config as config_lib  # pylint: disable=import-outside-toplevel
     try:
       return config_lib.decode_variant(self.get("student.variant"))[1]
     except (ValueError, TypeError, AttributeError):
@@ -191,26 +191,6 @@ class Context:
       return None
     return (size // self.patch) ** 2
 
-  @functools.cached_property
-  def teacher_depths(self) -> Optional[tuple[int, ...]]:
-    """The depth of each teacher in `teacher.spec`, from its config.json alone; None when one
-    is unknown (a checkpoint not there yet, the demo's teacher before its training)."""
-    from mim_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-    from mim_jax.teachers import zoo  # pylint: disable=import-outside-toplevel
-    try:
-      specs = config_lib.teacher_specs(self.get("teacher.spec"))
-      return tuple(zoo.shape(_demo_dir(s, self.get("runlocal")))[1].depth for s in specs) or None
-    except Exception:  # pylint: disable=broad-except  (unreadable: loading the teacher says why)
-      return None
-
-
-def _demo_dir(spec: str, runlocal: bool) -> str:
-  """The demo teacher's directory for spec "demo" (it may not exist yet), else `spec`."""
-  if spec != "demo":
-    return spec
-  from mim_jax import demo  # pylint: disable=import-outside-toplevel
-  return os.path.join(demo.cache_dir(), "demo_teacher_local" if runlocal else "demo_teacher")
-
 
 # ---- bounds by other values (`Allowed.bound`) ---------------------------------------------------
 def multiple_of_patch(size: int, ctx: Context) -> Optional[str]:
@@ -218,19 +198,6 @@ def multiple_of_patch(size: int, ctx: Context) -> Optional[str]:
   if ctx.patch and size % ctx.patch:
     return (f"a multiple of the student's patch {ctx.patch} (student.variant "
             f"{ctx.get('student.variant')!r})")
-  return None
-
-
-def leaves_a_patch(ratio: float, ctx: Context) -> Optional[str]:
-  """mask.ratio: at least one patch stays visible (the encoder needs a token to see)."""
-  from mim_jax.data import block_mask  # pylint: disable=import-outside-toplevel
-  n, kind = ctx.num_patches, ctx.get("mask.kind")
-  if n is None or kind == "none":
-    return None
-  visible = n - block_mask.block_num_masked(n, ratio) if kind == "block" else int(n * (1 - ratio))
-  if visible < 1:
-    return (f"a number in [0, 1] that leaves at least one of the {n} patches visible "
-            f"(mask.kind {kind!r})")
   return None
 
 
@@ -244,46 +211,5 @@ def at_most(other: str) -> Where:
   return where
 
 
-# ---- gathering and checking --------------------------------------------------------------------
-def prefixed(prefix: str, allowed: Mapping[str, Allowed]) -> dict[str, Allowed]:
-  return {f"{prefix}.{k}": v for k, v in allowed.items()}
-
-
-def declarations(config: Mapping[str, Any]) -> dict[str, Allowed]:
-  """Every declaration that applies to `config` (a plain dict), by dotted key."""
-  from configs import common  # pylint: disable=import-outside-toplevel
-  from mim_jax import objectives  # pylint: disable=import-outside-toplevel
-  from mim_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
-  out = dict(common.ALLOWED)
-  if config.get("method") in objectives.METHODS:
-    out.update(prefixed("objective", objectives.get(config["method"]).ALLOWED))
-  out.update(prefixed("data", input_pipeline.ALLOWED))
-  out.update(prefixed("augment", input_pipeline.AUGMENT_ALLOWED))
-  return out
-
-
-def problems(config: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
-  """(key, value, what the key takes) of every value outside its declaration, in key order:
-  first the values out of their own range, then (when there are none) those out of the bound
-  other values put on them."""
-  values = saved_config.flatten(config)
-  declared = declarations(config)
-  out = [(k, values[k], why) for k in sorted(values) if k in declared
-         for why in [declared[k].problem(values[k])] if why]
-  if out:
-    return out
-  context = Context(config)
-  return [(k, values[k], why) for k in sorted(values)
-          if k in declared and declared[k].where and values[k] is not None
-          for why in [declared[k].where(values[k], context)] if why]
-
-
-def check(config: Mapping[str, Any]) -> None:
-  """Raises ValueError, one line, on the first value outside its declaration."""
-  found = problems(config)
-  if found:
-    key, value, why = found[0]
-    more = f" (and {len(found) - 1} more: {', '.join(k for k, _, _ in found[1:4])})" if (
-        len(found) > 1) else ""
-    raise ValueError(f"--config.{key}={value!r} is out of range: {key} takes "
-                     f"{why.rstrip('.')}{more}.")
+def prefixed(prefix: str, declared: Mapping[str, Allowed]) -> dict[str, Allowed]:
+  return {f"{prefix}.{k}": v for k, v in declared.items()}

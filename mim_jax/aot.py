@@ -3,15 +3,16 @@ r"""Ahead-of-time compilation of the real train step for a target topology, and 
   python -m mim_jax.aot --config configs/maskalign_b16_clip_b16.py --topology v5e:16x16 \
       --config.batch_size=4096 [--config.mesh.fsdp=16 ...]
   python -m mim_jax.aot --config configs/maskalign_b16_clip_b16.py:runlocal=True \
-      --config.teacher.spec=/path/to/tiny_teacher --platform cpu --devices 8
+      --platform cpu --devices 8   (the demo's teacher, as `main` finds it: trained on first use)
   python -m mim_jax.aot ... --sweep --sweep_remat=none,full --sweep_fsdp=1,16
       (the largest global batch that fits, per remat policy and fsdp value)
 
 Out-of-memory shows up here, on a laptop, instead of on the pod: the step that `train.py` runs is
-built from the same config (same `make_setup`, same shardings, same donation), lowered with
-abstract arguments (`jax.ShapeDtypeStruct`; no parameter, teacher weight or image is ever
-materialised) and compiled by XLA for the target's devices. The compiler's own memory analysis
-per device is then compared with the chip's HBM, and XLA's cost analysis (FLOPs, bytes) gives a
+built from the same config by the same code (`assembly.load_teacher` reading only the teachers'
+config.json, `assembly.make_setup`, the same shardings and donation), lowered with abstract
+arguments (`jax.ShapeDtypeStruct`; no parameter, teacher weight or image is ever materialised)
+and compiled by XLA for the target's devices. The compiler's own memory analysis per device is
+then compared with the chip's HBM, and XLA's cost analysis (FLOPs, bytes) gives a
 roofline estimate of the step time per chip generation (`mim_jax/chips.py`). Exit status: 0
 fits, 1 OUT OF MEMORY, 2 bad input.
 
@@ -55,17 +56,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mim_jax import assembly
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import chips
-from mim_jax import config as config_lib
+from mim_jax import demo
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
-from mim_jax import train
 from mim_jax.models import layers
-from mim_jax.objectives import common as objective_common
-from mim_jax.teachers import checkpoint_io, network, zoo
-from mim_jax.teachers import teacher as teacher_lib
 
 GIB = 2**30
 
@@ -146,41 +144,6 @@ def hbm_gib(devices: Sequence[Any]) -> Optional[float]:
 # --------------------------------------------------------------------------------------------
 # Abstract arguments.
 # --------------------------------------------------------------------------------------------
-def abstract_teacher(config: ml_collections.ConfigDict) -> Any:
-  """The teacher `train.load_teacher` would build, with `jax.ShapeDtypeStruct` parameters.
-
-  Same architecture, same grid matching to the student (position embedding resized), same
-  parameter dtype; no weight is read or created. None for teacher-free methods; a tuple of
-  teachers when `teacher.spec` lists several.
-  """
-  settings = objective_common.teacher_settings(config)
-  if not settings:
-    return None
-  out = tuple(_abstract_one(config, spec, dtype) for spec, dtype in settings)
-  return out if len(out) > 1 else out[0]
-
-
-def _abstract_one(config: ml_collections.ConfigDict, spec: str, dtype_name: str
-                  ) -> teachers.Teacher:
-  if spec == "demo":
-    raise ValueError("teacher.spec='demo' is trained on first use; pass its checkpoint "
-                     "directory or a known name with --config.teacher.spec.")
-  kind, arch = zoo.shape(spec)
-  _, patch = config_lib.decode_variant(config.student.variant)
-  grid = teacher_lib.student_grid(config.data.image_size, patch, arch.grid)
-  if grid != arch.grid and not config.teacher.get("resize_to_student", True):
-    raise ValueError(f"teacher grid {arch.grid}x{arch.grid} vs student grid {grid}x{grid}: set "
-                     f"teacher.resize_to_student=True.")
-  arch = dataclasses.replace(arch, grid=grid)
-  dtype = jnp.dtype(dtype_name)
-  params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype),
-                        network.param_shapes(arch))
-  preprocessor = checkpoint_io.read_preprocessor(spec) if os.path.isdir(spec) else {}
-  mean, std = zoo.mean_std(preprocessor, kind)  # constants of the program, as in `load`
-  return teachers.Teacher(name=spec, kind=kind, arch=arch, mean=mean, std=std,
-                          dtype=dtype.name, params=params)
-
-
 def abstract_batch(config: ml_collections.ConfigDict, setup: step_lib.Setup) -> dict:
   """What the input pipeline yields for one global batch, as sharded ShapeDtypeStructs:
   {"image": f32 [B, S, S, 3], "label": i32 [B]} (+ "mask": u8 [B, N] for block masks)."""
@@ -245,14 +208,14 @@ def lower_step(config: ml_collections.ConfigDict, devices: Sequence[Any]
   """(jax.stages.Lowered, setup, mesh, abstract teacher params) of the train step of `config`
   for `devices` (abstract or real)."""
   mesh = sharding_lib.make_mesh(config.mesh, devices=devices)
-  teacher = abstract_teacher(config)
-  setup = train.make_setup(config, teacher, mesh, *_schedule_steps(config))
+  teacher = assembly.load_teacher(config, abstract=True)  # the run's code, no weight read
+  setup = assembly.make_setup(config, teacher, mesh, *_schedule_steps(config))
   abstract, state_sh = step_lib.state_shardings(setup)
   state = ckpt_lib.abstract_with_shardings(abstract, state_sh)
   t_sh, t_params = None, None
   if teacher is not None:
-    t_sh = train.teacher_shardings(teacher, mesh)
-    t_params = ckpt_lib.abstract_with_shardings(train.teacher_params(teacher), t_sh)
+    t_sh = assembly.teacher_shardings(teacher, mesh)
+    t_params = ckpt_lib.abstract_with_shardings(assembly.teacher_params(teacher), t_sh)
   batch = abstract_batch(config, setup)
   step = step_lib.jit_train_step(setup, batch, t_sh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_RULES):
@@ -441,19 +404,20 @@ def sweep_table(rows: Sequence[SweepRow], devices: Sequence[Any], hbm: float,
   return "\n".join(lines)
 
 
-def _sweep_main(f: Any, devices: Sequence[Any], hbm: Optional[float]) -> None:
+def _sweep_main(f: Any, config: ml_collections.ConfigDict, devices: Sequence[Any],
+                hbm: Optional[float]) -> None:
   if hbm is None:
     raise ValueError(f"--sweep needs a memory limit: no HBM size is known for "
                      f"{devices[0].device_kind}; pass --hbm_gib.")
-  remats = f.sweep_remat or [f.config.student.get("remat", "none")]
-  fsdps = [int(x) for x in (f.sweep_fsdp or [f.config.mesh.get("fsdp", 1)])]
+  remats = f.sweep_remat or [config.student.get("remat", "none")]
+  fsdps = [int(x) for x in (f.sweep_fsdp or [config.mesh.get("fsdp", 1)])]
   for remat in remats:
     layers.block_class(remat)  # an unknown policy: one error line before any compile
   print(f"sweeping remat {remats} x fsdp {fsdps} on {devices[0].device_kind} x {len(devices)}, "
-        f"batch from {f.config.batch_size} doubling up to {f.sweep_max_batch}", flush=True)
-  rows = sweep(f.config, devices, hbm, remats=remats, fsdps=fsdps, max_batch=f.sweep_max_batch,
+        f"batch from {config.batch_size} doubling up to {f.sweep_max_batch}", flush=True)
+  rows = sweep(config, devices, hbm, remats=remats, fsdps=fsdps, max_batch=f.sweep_max_batch,
                log=lambda line: print(line, flush=True))
-  print(sweep_table(rows, devices, hbm, dict(f.config.mesh)), flush=True)
+  print(sweep_table(rows, devices, hbm, dict(config.mesh)), flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,11 +430,12 @@ def _main(argv: Sequence[str]) -> None:
   try:
     devices = (cpu_devices(f.devices) if f.platform == "cpu" else tpu_devices(f.topology))
     hbm = f.hbm_gib if f.hbm_gib is not None else hbm_gib(devices)
+    config = demo.resolve_teachers(f.config)  # as `main` does: the demo's teacher by its path
     if f.sweep:
-      _sweep_main(f, devices, hbm)
+      _sweep_main(f, config, devices, hbm)
       return
-    print(describe(f.config, devices), flush=True)
-    result = compile_step(f.config, devices)
+    print(describe(config, devices), flush=True)
+    result = compile_step(config, devices)
   except (ImportError, ValueError, FileNotFoundError) as e:  # bad input: one line, status 2
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -12,6 +12,8 @@ A checkpoint that cannot be read (a truncated or garbled array file, a missing m
 not the end of a run: `restore_latest` warns in one line, moves it aside to
 `checkpoints/corrupt-<step>-<n>` (never deleting it) and restores the newest one that reads. All
 hosts agree on every attempt's outcome, so they restore the same step.
+
+The run's config beside them, `<workdir>/config.json`, is written and read here too.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import re
 from typing import Any, Optional
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -184,3 +187,21 @@ def restore(mngr: ocp.CheckpointManager, abstract: PyTree, shardings: PyTree,
         f"({_reason(epath.Path(mngr.directory) / str(step), e)}): it is corrupt, "
         f"or written for another model (then use a fresh --workdir).") from e
   return step, state
+
+
+# ---- the run's config ---------------------------------------------------------------------
+RUN_CONFIG = "config.json"  # in the workdir, beside checkpoints/
+
+
+def write_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """`<workdir>/config.json`: the config the run trains (written by process 0)."""
+  if jax.process_index() == 0:
+    (epath.Path(workdir) / RUN_CONFIG).write_text(config.to_json_best_effort(indent=2))
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run wrote with `write_run_config` (what export and analysis rebuild from)."""
+  path = epath.Path(workdir) / RUN_CONFIG
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not the workdir of a run.")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -173,3 +173,52 @@ def flat_keys(config: Any, prefix: str = ""):
       yield from flat_keys(value, path + ".")
     else:
       yield path
+
+
+# ---- keys renamed since a run was written (mim_jax.saved_config reads old runs with it) ----
+# Old dotted key (or block) -> its new name, oldest first. Empty until a key is renamed.
+RENAMED: dict[str, str] = {}
+
+
+def new_name(key: str, renamed: Mapping[str, str] = RENAMED) -> Optional[str]:
+  """The name a renamed dotted key has now (following chains of renames), else None."""
+  seen = key
+  for old, new in renamed.items():
+    if seen == old or seen.startswith(old + "."):
+      seen = new + seen[len(old):]
+  return seen if seen != key else None
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} -> {"a.b": 1} (nested mappings only; a list is a value)."""
+  out: dict[str, Any] = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
+def upgrade(saved: Mapping[str, Any], renamed: Mapping[str, str] = RENAMED) -> dict[str, Any]:
+  """`saved` (a config as nested dicts) with its renamed keys under their new names; ValueError
+  when a config holds both a key's old and new name (it was not written by one version)."""
+  flat = flatten(saved)
+  out: dict[str, Any] = {}
+  for key, value in flat.items():
+    new = new_name(key, renamed)
+    if new is not None and new in flat:
+      raise ValueError(f"the saved config holds both {key} and its new name {new}; remove one.")
+    out[new or key] = value
+  return unflatten(out)

@@ -25,12 +25,19 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import numpy as np  # noqa: E402
+import ml_collections  # noqa: E402
 from absl import logging  # noqa: E402
 
+from mim_jax import config as config_lib  # noqa: E402
 from mim_jax import export, plots, train  # noqa: E402
 from mim_jax.data import input_pipeline  # noqa: E402
 from mim_jax.evaluation import classification, features  # noqa: E402
+from mim_jax.objectives import evaluators  # noqa: E402
 from mim_jax.teachers import STUDENT_MEAN, STUDENT_STD  # noqa: E402
+
+# `teacher.spec` naming the demo's own teacher (the runlocal configs use it): the entry points
+# turn it into the cached checkpoint directory (`resolve_teachers`) before a run is assembled.
+DEMO_SPEC = "demo"
 
 
 def cache_dir() -> str:
@@ -56,6 +63,22 @@ def ensure_teacher(runlocal: bool = False) -> str:
   return out
 
 
+def resolve_teachers(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config`, or a copy whose `teacher.spec` has each "demo" replaced by the demo teacher's
+  directory (`ensure_teacher`, the runlocal one for a runlocal config): what every entry point
+  (`main`, `aot`, the analysis CLI, the demo) does before assembling a run, so that below them a
+  teacher spec is a zoo name or a checkpoint directory."""
+  spec = config.teacher.get("spec") if config.get("teacher") else None
+  specs = config_lib.teacher_specs(spec)
+  if DEMO_SPEC not in specs:
+    return config
+  directory = ensure_teacher(runlocal=config.get("runlocal", False))
+  resolved = config.copy_and_resolve_references()
+  named = [directory if s == DEMO_SPEC else s for s in specs]
+  resolved.teacher.spec = ",".join(named) if isinstance(spec, str) else type(spec)(named)
+  return resolved
+
+
 def knn_table(config, result: train.Result) -> dict[str, float]:
   """kNN top-1 on the held-out split for a random-init student, the teacher and the student."""
   mesh = result.setup.mesh
@@ -68,7 +91,8 @@ def knn_table(config, result: train.Result) -> dict[str, float]:
   rows = {"random-init student": (student_fn, random_params),
           f"teacher ({teacher.name.split('/')[-1]})": (teacher_fn, result.teacher_params),
           "MaskAlign student": (student_fn, result.state.params["student"])}
-  return {name: train.knn_eval(config, mesh, fn, params) for name, (fn, params) in rows.items()}
+  return {name: evaluators.knn_top1(config, mesh, fn, params)
+          for name, (fn, params) in rows.items()}
 
 
 def write_plots(config, result: train.Result, workdir: str) -> list[str]:
@@ -123,9 +147,7 @@ def run(workdir: str, steps: int | None = None, runlocal: bool = False) -> dict[
   """Returns {"<row> kNN": top-1, "<row> fine-tuned": top-1}."""
   from configs import demo as demo_config  # pylint: disable=import-outside-toplevel
   arg = "runlocal=True" if runlocal else (f"steps={steps}" if steps else None)
-  config = demo_config.get_config(arg)
-  if runlocal:
-    config.teacher.spec = "demo"
+  config = resolve_teachers(demo_config.get_config(arg))
   result = train.train_and_evaluate(config, workdir)
   knn = knn_table(config, result)
   pngs = write_plots(config, result, workdir)

@@ -49,9 +49,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mim_jax.models import layers
+from mim_jax import checkpoint as ckpt_lib
+from mim_jax import init_from
 from mim_jax.models import vit as vit_lib
 from mim_jax.models.vit import ViT
+from mim_jax.objectives import common
 
 Params = Mapping[str, Any]
 
@@ -105,17 +107,6 @@ def out_weight(kernel: Any) -> np.ndarray:
   """[H, Dh, D] -> torch linear [D, H*Dh]."""
   k = _np(kernel)
   return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
-
-
-def position_embedding(params: Params, vit: ViT) -> np.ndarray:
-  """[N + 1, D] added to [CLS, patches]: fixed sin-cos (CLS row zeros), learned, or zeros."""
-  if vit.posemb == "sincos":
-    return _np(layers.posemb_sincos_2d(vit.grid, vit.width, cls_token=True))
-  if vit.posemb == "learned":
-    return _np(params["pos_embedding"])
-  if vit.posemb == "none":
-    return np.zeros((vit.num_patches + 1, vit.width), np.float32)
-  raise ValueError(f"Cannot export posemb {vit.posemb!r}: handled: 'sincos', 'learned', 'none'.")
 
 
 def _ln(p: Params) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +189,7 @@ def hf_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
                      "export_timm (global_pool='avg'), or export the encoder alone (head=None).")
   sd = {
       "embeddings.cls_token": _np(params["cls"]),
-      "embeddings.position_embeddings": position_embedding(params, vit)[None],
+      "embeddings.position_embeddings": vit_lib.position_embedding(params, vit)[None],
       "embeddings.patch_embeddings.projection.weight": conv_weight(params["patch_embed"]["kernel"]),
       "embeddings.patch_embeddings.projection.bias": _np(params["patch_embed"]["bias"]),
   }
@@ -307,7 +298,7 @@ def timm_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
   pool = _check_head(head)
   sd = {
       "cls_token": _np(params["cls"]),
-      "pos_embed": position_embedding(params, vit)[None],
+      "pos_embed": vit_lib.position_embedding(params, vit)[None],
       "patch_embed.proj.weight": conv_weight(params["patch_embed"]["kernel"]),
       "patch_embed.proj.bias": _np(params["patch_embed"]["bias"]),
   }
@@ -441,6 +432,7 @@ def self_check(out_dir: str, params: Params, vit: ViT, head: Optional[Params] = 
 
 def dataset_labels(config_data: Any) -> Optional[list[str]]:
   """The class names of the run's dataset when its TFDS info has them, else None."""
+  # Imported here: tensorflow (seconds to import) only for a classifier's labels.
   from mim_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   try:
     feature = input_pipeline.get_builder(config_data.name, config_data.get("data_dir")
@@ -464,15 +456,12 @@ def export_workdir(workdir: str, out_dir: str, fmt: str, *, step: Optional[int] 
                    labels: Optional[Sequence[str]] = None, check: bool = True) -> str:
   """Exports the student (and a classify run's head) of a workdir's checkpoint; returns what it
   did, in one line."""
-  from mim_jax import init_from  # pylint: disable=import-outside-toplevel
-  from mim_jax.analysis import cli  # pylint: disable=import-outside-toplevel
-  from mim_jax.objectives import common  # pylint: disable=import-outside-toplevel
   if fmt not in ("hf", "timm"):
     raise ValueError(f"--format {fmt!r}: use hf (transformers) or timm.")
   source = init_from.check(workdir if step is None else f"{workdir}:{step}")
   if source.kind != "workdir":
     raise ValueError(f"--workdir {workdir!r} is not a run's workdir (no checkpoints/).")
-  config = cli.load_config(workdir)
+  config = ckpt_lib.read_run_config(workdir)
   vit = common.make_student(config, drop_path=0.0, dtype=np.float32)
   if not isinstance(vit, ViT):
     raise ValueError(f"--format {fmt}: the student {config.student.variant!r} is the hybrid "

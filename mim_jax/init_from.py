@@ -273,8 +273,7 @@ def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vi
 
 def _check_fixed_posemb(pos: np.ndarray, vit: Any, source: Source) -> None:
   """A student without learned position embedding must see the same one the source used."""
-  from mim_jax import export  # pylint: disable=import-outside-toplevel
-  own = export.position_embedding({}, vit)
+  own = vit_lib.position_embedding({}, vit)
   if pos.shape != own.shape:
     pos = resize_pos_embedding(pos, own.shape)
   if not np.allclose(pos, own, atol=1e-4):

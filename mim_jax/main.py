@@ -119,12 +119,13 @@ def main(argv: list[str]) -> None:
   if _want_distributed():
     jax.distributed.initialize(**_distributed_args(),
                                heartbeat_timeout_seconds=heartbeat_timeout_s())
-  from mim_jax import train  # pylint: disable=import-outside-toplevel
+  from mim_jax import demo, train, validate  # pylint: disable=import-outside-toplevel
   logging.info("JAX %s: process %d/%d, %d local / %d global devices", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    validate.check(_CONFIG.value, _WORKDIR.value)  # before the demo's teacher may be trained
+    train.train_and_evaluate(demo.resolve_teachers(_CONFIG.value), _WORKDIR.value)
   except (OSError, ValueError) as e:  # bad input, a file or permission problem: one line, once
     if os.environ.get("MIM_JAX_TRACEBACK"):
       raise

@@ -2,7 +2,7 @@
 file system: `check(config, workdir)` runs before anything is read, built or written, and raises
 a ValueError whose one line names the value and the fix (`python -m mim_jax.main` prints it as
 `error: ...`). Every value is checked against what its key may hold (`mim_jax.allowed`, declared
-beside the defaults) first."""
+beside the defaults: `mim_jax.defaults`, each objective, the data pipeline) first."""
 from __future__ import annotations
 
 import json
@@ -14,11 +14,14 @@ import ml_collections
 from absl import logging
 
 from mim_jax import allowed
+from mim_jax import config as config_lib
+from mim_jax import defaults
+from mim_jax import objectives
 from mim_jax import saved_config
 from mim_jax import sharding as sharding_lib
 from mim_jax.data import digits
 from mim_jax.data import input_pipeline
-from mim_jax.objectives import common as objective_common
+from mim_jax.teachers import zoo
 
 
 # File systems that hold no files (kernel interfaces): a directory there cannot be created.
@@ -124,7 +127,7 @@ def check_teachers(config: ml_collections.ConfigDict) -> None:
   """`teacher.spec` (one spec, or several for a method that mimics them jointly), the teachers'
   dtypes and `teacher.attention_from`; the teachers themselves are read later."""
   try:
-    objective_common.teacher_settings(config)
+    objectives.teacher_settings(config)
   except ValueError as e:
     raise ValueError(f"--config.{e}") from None
 
@@ -146,9 +149,58 @@ def note_changes(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"{key} {old!r} -> {new!r}" for key, old, new in diffs))
 
 
+# ---- the declared values: gathering and checking --------------------------------------------------------------------
+def declarations(config: Mapping[str, Any]) -> dict[str, allowed.Allowed]:
+  """Every declaration that applies to `config` (a plain dict), by dotted key."""
+  out = dict(defaults.ALLOWED)
+  if config.get("method") in objectives.METHODS:
+    out.update(allowed.prefixed("objective", objectives.get(config["method"]).ALLOWED))
+  out.update(allowed.prefixed("data", input_pipeline.ALLOWED))
+  out.update(allowed.prefixed("augment", input_pipeline.AUGMENT_ALLOWED))
+  return out
+
+
+def teacher_depths(config: Mapping[str, Any]) -> Optional[tuple[int, ...]]:
+  """The depth of each teacher in `teacher.spec`, from its config.json alone; None when one is
+  unknown (a checkpoint not there yet, or a spec an entry point resolves later, such as the
+  demo's teacher: the run's own check after resolving it sees the depth)."""
+  try:
+    specs = config_lib.teacher_specs((config.get("teacher") or {}).get("spec"))
+    return tuple(zoo.shape(s)[1].depth for s in specs) or None
+  except Exception:  # pylint: disable=broad-except  (unreadable: loading the teacher says why)
+    return None
+
+
+def problems(config: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+  """(key, value, what the key takes) of every value outside its declaration, in key order:
+  first the values out of their own range, then (when there are none) those out of the bound
+  other values put on them."""
+  values = config_lib.flatten(config)
+  declared = declarations(config)
+  out = [(k, values[k], why) for k in sorted(values) if k in declared
+         for why in [declared[k].problem(values[k])] if why]
+  if out:
+    return out
+  context = allowed.Context(config, teacher_depths(config))
+  return [(k, values[k], why) for k in sorted(values)
+          if k in declared and declared[k].where and values[k] is not None
+          for why in [declared[k].where(values[k], context)] if why]
+
+
+def check_values(config: Mapping[str, Any]) -> None:
+  """Raises ValueError, one line, on the first value outside its declaration."""
+  found = problems(config)
+  if found:
+    key, value, why = found[0]
+    more = f" (and {len(found) - 1} more: {', '.join(k for k, _, _ in found[1:4])})" if (
+        len(found) > 1) else ""
+    raise ValueError(f"--config.{key}={value!r} is out of range: {key} takes "
+                     f"{why.rstrip('.')}{more}.")
+
+
 def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   values = config.to_dict()  # a plain copy: the checks read every value
-  allowed.check(values)
+  check_values(values)
   check_workdir(workdir)
   check_data_dir(values.get("data", {}))
   check_teachers(config)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import maskalign_b16_clip_b16
-from mim_jax import aot, sharding, train
+from mim_jax import aot, assembly, sharding
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import step as step_lib
 
@@ -33,7 +33,7 @@ def shard_bytes(tree) -> int:
 @pytest.mark.parametrize("fixture", ["tiny_vit_teacher_dir", "tiny_clip_teacher_dir"])
 def test_abstract_teacher_matches_the_loaded_one(fixture, request):
   config = tiny_config(request.getfixturevalue(fixture))
-  real, abstract = train.load_teacher(config), aot.abstract_teacher(config)
+  real, abstract = assembly.load_teacher(config), assembly.load_teacher(config, abstract=True)
   assert abstract == real  # same arch, grid, normalisation, dtype (params are not compared)
   assert jax.tree.map(np.shape, abstract.params) == jax.tree.map(np.shape, real.params)
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract.params))
@@ -42,7 +42,7 @@ def test_abstract_teacher_matches_the_loaded_one(fixture, request):
 def test_abstract_clip_l14_under_a_l16_student_is_resized_without_weights():
   config = maskalign_b16_clip_b16.get_config("variant=L/16,teacher=clip_l14")
   config.teacher.dtype = "bfloat16"
-  teacher = aot.abstract_teacher(config)
+  teacher = assembly.load_teacher(config, abstract=True)
   assert (teacher.grid, teacher.image_size, teacher.depth) == (14, 196, 24)
   assert teacher.params["pos_embedding"].shape == (1 + 14 * 14, 1024)
   assert {x.dtype for x in jax.tree.leaves(teacher.params)} == {np.dtype("bfloat16")}
@@ -79,7 +79,7 @@ def test_argument_memory_is_the_shards_of_state_teacher_and_batch(tiny_vit_teach
   abstract, shardings = step_lib.state_shardings(setup)
   state = ckpt_lib.abstract_with_shardings(abstract, shardings)
   teacher = ckpt_lib.abstract_with_shardings(
-      setup.teacher.params, train.teacher_shardings(setup.teacher, setup.mesh))
+      setup.teacher.params, assembly.teacher_shardings(setup.teacher, setup.mesh))
   batch = aot.abstract_batch(config, setup)
   everything = shard_bytes(state) + shard_bytes(teacher) + shard_bytes(batch)
   # jit drops arguments the step never reads (the labels, the teacher's final norm here).

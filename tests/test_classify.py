@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from configs import classify_digits, finetune_b16
-from mim_jax import optim, sharding, step as step_lib, train
+from mim_jax import assembly, optim, sharding, step as step_lib
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import classify
 
@@ -107,7 +107,7 @@ def test_configs_build(module, arg):
   config = module.get_config(arg)
   model = classify.make_model(config, None)
   assert model.num_classes == config.objective.num_classes
-  total, _ = train.durations(config, 1497)
+  total, _ = assembly.durations(config, 1497)
   assert total > 0
 
 
@@ -123,7 +123,7 @@ def test_train_steps_fit_a_fixed_batch():
   config.optim.lr = 3e-3
   config.objective.num_classes = 10
   mesh = sharding.make_mesh({"data": 8})
-  setup = train.make_setup(config, None, mesh, total_steps=30, warmup_steps=0)
+  setup = assembly.make_setup(config, None, mesh, total_steps=30, warmup_steps=0)
   state = step_lib.init_state(setup, jax.random.key(0))
   images = jax.random.normal(jax.random.key(1), (16, 16, 16, 3))
   batch = {"image": images, "label": jnp.arange(16, dtype=jnp.int32) % 10}
@@ -140,7 +140,7 @@ def test_train_steps_fit_a_fixed_batch():
 def test_finetune_step_with_mixup_cutmix_and_layer_decay():
   config = finetune_b16.get_config("runlocal=True")
   mesh = sharding.make_mesh({"data": 8})
-  setup = train.make_setup(config, None, mesh, total_steps=10, warmup_steps=1)
+  setup = assembly.make_setup(config, None, mesh, total_steps=10, warmup_steps=1)
   state = step_lib.init_state(setup, jax.random.key(0))
   assert set(state.params) == {"student", "head", "fc_norm"}
   batch = {"image": jax.random.normal(jax.random.key(1), (16, 16, 16, 3)),

@@ -27,3 +27,25 @@ def test_demo_runlocal(tmp_path, monkeypatch, capsys):
   mtime = os.path.getmtime(teacher_dir / "model.safetensors")
   demo.run(str(tmp_path / "run"), runlocal=True)
   assert os.path.getmtime(teacher_dir / "model.safetensors") == mtime
+
+
+def test_the_demo_spec_is_resolved_by_the_entry_points_only(monkeypatch, tiny_vit_teacher_dir):
+  """`resolve_teachers` replaces each "demo" of teacher.spec by the demo teacher's directory
+  (the runlocal one for a runlocal config) and leaves the rest; below it "demo" is no teacher."""
+  from configs import maskalign_b16_clip_b16, mrmae_b16_clip_b16
+  from mim_jax import assembly, teachers
+  asked = []
+  monkeypatch.setattr(demo, "ensure_teacher",
+                      lambda runlocal=False: asked.append(runlocal) or tiny_vit_teacher_dir)
+  two = mrmae_b16_clip_b16.get_config("runlocal=True,teacher=clip_b16+dino_b16")
+  two.teacher.spec = "clip_b16,demo"
+  resolved = demo.resolve_teachers(two)
+  assert resolved.teacher.spec == f"clip_b16,{tiny_vit_teacher_dir}" and asked == [True]
+  assert two.teacher.spec == "clip_b16,demo"  # the caller's config is left as it was
+  full = maskalign_b16_clip_b16.get_config()
+  assert demo.resolve_teachers(full) is full and asked == [True]  # no demo: nothing trained
+  local = maskalign_b16_clip_b16.get_config("runlocal=True")
+  assert local.teacher.spec == "demo"
+  assert assembly.load_teacher(demo.resolve_teachers(local)).name == tiny_vit_teacher_dir
+  with pytest.raises(FileNotFoundError, match="'demo' is neither a checkpoint directory"):
+    teachers.load("demo")

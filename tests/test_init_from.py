@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import finetune_b16, mae_b16
-from mim_jax import checkpoint as ckpt_lib, init_from, sharding, step as step_lib, train
+from mim_jax import assembly, checkpoint as ckpt_lib, init_from, sharding, step as step_lib
+from mim_jax import train
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def mae_workdir(tmp_path_factory):
 
 def pretrained_student(workdir, step):
   c = mae_b16.get_config("runlocal=True")
-  setup = train.make_setup(c, None, sharding.make_mesh(c.mesh), 2, 0)
+  setup = assembly.make_setup(c, None, sharding.make_mesh(c.mesh), 2, 0)
   abstract, shardings = step_lib.state_shardings(setup)
   _, state = ckpt_lib.restore(ckpt_lib.manager(workdir), abstract, shardings, step=step)
   return jax.device_get(state.params["student"])
@@ -108,7 +109,7 @@ import argparse  # noqa: E402
 import torch  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
-from mim_jax import export  # noqa: E402
+from mim_jax.models import vit as vit_lib  # noqa: E402
 from mim_jax.models.vit import ViT  # noqa: E402
 from tests.test_export import max_err, nchw, timm_convention_forward  # noqa: E402
 
@@ -169,7 +170,7 @@ def test_timm_safetensors_features_equal(tmp_path):
 def test_mae_pth_features_equal_and_pretraining_parts_dropped(tmp_path, caplog):
   vit = tiny_student()  # MAE's fixed sin-cos embedding
   sd = random_timm_sd(layer_scale=False)
-  sd["pos_embed"] = torch.from_numpy(export.position_embedding({}, vit))[None]
+  sd["pos_embed"] = torch.from_numpy(vit_lib.position_embedding({}, vit))[None]
   sd.pop("head.weight"), sd.pop("head.bias")
   sd.update({"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.ones(8, 32),
              "decoder_pred.bias": torch.ones(48)})
@@ -325,7 +326,7 @@ def test_maskalign_pth_keeps_the_student_and_drops_heads_and_teacher_once(tmp_pa
   and weights, and the whole frozen teacher (clip_model.*); the teacher is named once."""
   vit = tiny_student()
   sd = random_timm_sd(layer_scale=False)
-  sd["pos_embed"] = torch.from_numpy(export.position_embedding({}, vit))[None]
+  sd["pos_embed"] = torch.from_numpy(vit_lib.position_embedding({}, vit))[None]
   sd.pop("head.weight"), sd.pop("head.bias")
   sd.update({f"distill_heads.{i}.weight": torch.ones(16, 32) for i in range(2)})
   sd["distill_weights"] = torch.eye(2)

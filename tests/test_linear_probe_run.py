@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import linear_probe as linear_probe_config
-from mim_jax import train
+from mim_jax import assembly, train
 from mim_jax.objectives import linear_probe
 
 
@@ -18,7 +18,7 @@ def test_probe_trains_the_head_only_and_writes_top1(tmp_path):
   params = jax.device_get(result.state.params)
   assert set(params) == {"student", "head", "probe_norm_mean", "probe_norm_var"}
   # the student is the one it started with (seed 0 init: same config, fresh init)
-  fresh = train.make_setup(c, None, result.setup.mesh, 6, 0)
+  fresh = assembly.make_setup(c, None, result.setup.mesh, 6, 0)
   from mim_jax import step as step_lib  # pylint: disable=import-outside-toplevel
   init = jax.device_get(step_lib.init_state(fresh, jax.random.key(c.seed)).params)
   for x, y in zip(jax.tree.leaves(params["student"]), jax.tree.leaves(init["student"])):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import finetune, mrmcmae_b16_clip_b16
-from mim_jax import export, optim, train
+from mim_jax import export, init_from, optim, train
 from mim_jax.analysis import cli
 from mim_jax.models.convvit import ConvViT
 from mim_jax.objectives import mrmae
@@ -59,7 +59,7 @@ def test_knn_then_finetune_from_the_hybrid_workdir(mrmcmae_workdir, tmp_path):
   c.optim.lr, c.optim.weight_decay = 0.0, 0.0  # the step leaves the loaded student as it is
   result = train.train_and_evaluate(c, str(tmp_path / "ft"))
   got = jax.device_get(result.state.params["student"])
-  want = train.init_from_lib.read_workdir_state(mrmcmae_workdir, 4)["params"]["student"]
+  want = init_from.read_workdir_state(mrmcmae_workdir, 4)["params"]["student"]
   assert set(want) - set(got) == {"skip1", "skip2"}
   for name in got:
     for x, y in zip(jax.tree.leaves(got[name]), jax.tree.leaves(want[name])):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from configs import maskalign_b16_clip_b16
-from mim_jax import checkpoint as ckpt_lib, sharding, step as step_lib, train
+from mim_jax import assembly, checkpoint as ckpt_lib, sharding, step as step_lib
 from mim_jax.data import digits, input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,8 +96,8 @@ def losses(workdir: str) -> dict[int, float]:
 def restore_on_one_process(workdir: str, teacher_dir: str):
   config = maskalign_b16_clip_b16.get_config("runlocal=True")
   config.teacher.spec = teacher_dir
-  setup = train.make_setup(config, train.load_teacher(config), sharding.make_mesh(config.mesh),
-                           4, 1)
+  setup = assembly.make_setup(config, assembly.load_teacher(config),
+                              sharding.make_mesh(config.mesh), 4, 1)
   abstract, shardings = step_lib.state_shardings(setup)
   return ckpt_lib.restore(ckpt_lib.manager(workdir), abstract, shardings)
 

@@ -5,7 +5,7 @@ code, and their saved config.json reads, renamed keys included.
 Every test works on a copy of the fixture in tmp, with the current directory set to the copy
 (the runs recorded their teacher and init_from relative to it). A test that fails here is a user's
 run that the change breaks: read the old form (a renamed key goes into
-mim_jax/saved_config.py's RENAMED), never remake the fixture.
+mim_jax/config.py's RENAMED), never remake the fixture.
 """
 import glob
 import json
@@ -92,20 +92,22 @@ def test_a_renamed_key_is_read_under_its_new_name_and_refused_on_the_command_lin
   until RENAMED maps it; then the old config.json's 20 is read under the new name, and
   --config.eval.knn_k is refused naming --config.eval.knn_k2."""
   copy = tmp_path / "repo"
-  shutil.copytree(os.path.join(ROOT, "configs"), copy / "configs",
-                  ignore=shutil.ignore_patterns("__pycache__"))
-  common = copy / "configs" / "common.py"
-  text = common.read_text()
+  for part in ("configs", "mim_jax"):
+    shutil.copytree(os.path.join(ROOT, part), copy / part,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+  defaults = copy / "mim_jax" / "defaults.py"
+  text = defaults.read_text()
   assert text.count("knn_k=20") == 1
-  common.write_text(text.replace("knn_k=20", "knn_k2=7"))
+  defaults.write_text(text.replace("knn_k=20", "knn_k2=7"))
   fixture = os.path.join(FIXTURES[0], "maskalign")
   script = (
-      "import json, sys\nfrom mim_jax import saved_config\nfrom mim_jax.tools import config_file\n"
+      "import json, sys\nfrom mim_jax import config as config_lib, saved_config\n"
+      "from mim_jax.tools import config_file\n"
       "renamed = json.loads(sys.argv[1])\n"
       "today = config_file.load('configs/maskalign_b16_clip_b16.py:runlocal=True')\n"
       f"print(saved_config.unknown_keys({fixture!r}, today, renamed))\n"
       f"print(saved_config.read({fixture!r}, renamed)['eval'].get('knn_k2'))\n"
-      "saved_config.RENAMED.update(renamed)\n"
+      "config_lib.RENAMED.update(renamed)\n"
       "try:\n  config_file.check_keys(today, ['eval.knn_k'], prefix='--config.')\n"
       "except KeyError as e:\n  print(e.args[0])\n")
   env = dict(os.environ, PYTHONPATH=f"{copy}{os.pathsep}{ROOT}")

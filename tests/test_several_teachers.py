@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from configs import mrmae_b16_clip_b16
-from mim_jax import aot, masking, optim, sharding, step, train
+from mim_jax import aot, assembly, masking, optim, sharding, step, train
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
-from mim_jax.objectives import common as objective_common
+from mim_jax import objectives
 from mim_jax.objectives import mrmae
 from mim_jax.teachers import network
 from mim_jax.teachers.network import Arch
@@ -36,10 +36,10 @@ def test_spec_lists():
   # The config file's argument joins them by "+" (its own items are comma-separated).
   c = mrmae_b16_clip_b16.get_config("teacher=clip_b16+dino_b16")
   assert c.teacher.spec == "clip_b16,dino_b16"
-  assert objective_common.teacher_settings(c) == (("clip_b16", "float32"),
+  assert objectives.teacher_settings(c) == (("clip_b16", "float32"),
                                                   ("dino_b16", "float32"))
   c.teacher.dtype = "float32,bfloat16"  # one dtype per teacher
-  assert [d for _, d in objective_common.teacher_settings(c)] == ["float32", "bfloat16"]
+  assert [d for _, d in objectives.teacher_settings(c)] == ["float32", "bfloat16"]
   local = mrmae_b16_clip_b16.get_config("runlocal=True,teacher=clip_b16+dino_b16")
   assert local.teacher.spec == "demo,demo"  # runlocal keeps the number of teachers
 
@@ -94,7 +94,7 @@ def test_joint_step_is_the_sum_of_each_teachers_mimic_term():
                           opt_state=setup.tx.init(params))
   pixels = jax.random.uniform(jax.random.key(1), (8, 16, 16, 3))
   batch = {"image": (pixels - jnp.asarray(STUDENT_MEAN)) / jnp.asarray(STUDENT_STD)}
-  t_params = train.teacher_params(teachers_)
+  t_params = assembly.teacher_params(teachers_)
   host_params = jax.device_get(params)  # the step donates the state
   _, metrics = step.jit_train_step(setup, batch)(state, t_params, batch)
 
@@ -207,7 +207,7 @@ def test_aot_compiles_both_teachers(tiny_clip_teacher_dir, tiny_dino_l8_teacher_
   teachers_ = joint.setup.teacher
   assert [t.image_size for t in teachers_] == [16, 32]
   each = [aot.shard_bytes(ckpt_lib.abstract_with_shardings(
-      t.params, train.teacher_shardings(t, joint.setup.mesh))) for t in teachers_]
+      t.params, assembly.teacher_shardings(t, joint.setup.mesh))) for t in teachers_]
   assert min(each) > 0 and joint.teacher_bytes == sum(each)
   abstract, shardings = step.state_shardings(joint.setup)
   state = aot.shard_bytes(ckpt_lib.abstract_with_shardings(abstract, shardings))

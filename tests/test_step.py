@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import maskalign_b16_clip_b16
-from mim_jax import sharding, step as step_lib, train
+from mim_jax import assembly, sharding, step as step_lib
 
 
 def make(teacher_dir, mesh_spec, **overrides):
@@ -17,11 +17,11 @@ def make(teacher_dir, mesh_spec, **overrides):
   config.optim.lr = 1e-3
   for k, v in overrides.items():
     config[k] = v
-  teacher = train.load_teacher(config)
+  teacher = assembly.load_teacher(config)
   mesh = sharding.make_mesh(mesh_spec)
-  setup = train.make_setup(config, teacher, mesh, total_steps=20, warmup_steps=0)
+  setup = assembly.make_setup(config, teacher, mesh, total_steps=20, warmup_steps=0)
   state = step_lib.init_state(setup, jax.random.key(0))
-  t_sh = train.teacher_shardings(teacher, mesh)
+  t_sh = assembly.teacher_shardings(teacher, mesh)
   t_params = jax.device_put(teacher.params, t_sh)
   images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
   batch = {"image": jax.device_put(images, sharding.batch_sharding(mesh, 4))}
@@ -113,15 +113,15 @@ def test_grid_mismatch(tiny_dino_l8_teacher_dir):
   config = maskalign_b16_clip_b16.get_config("runlocal=True")
   config.teacher.spec = tiny_dino_l8_teacher_dir  # patch 8 at 32 px: a 4x4 grid
   config.data.image_size = 24  # student nano/4: a 6x6 grid
-  teacher = train.load_teacher(config)  # resolved: the teacher runs at 6 * 8 = 48 px
+  teacher = assembly.load_teacher(config)  # resolved: the teacher runs at 6 * 8 = 48 px
   assert (teacher.grid, teacher.image_size) == (6, 48)
   config.teacher.resize_to_student = False
   with pytest.raises(ValueError, match=r"teacher grid 4x4 vs student grid 6x6"):
-    train.load_teacher(config)
+    assembly.load_teacher(config)
   config.teacher.resize_to_student = True
   config.data.image_size = 18  # not a multiple of the student's patch
   with pytest.raises(ValueError, match=r"teacher grid 4x4 vs student grid"):
-    train.load_teacher(config)
+    assembly.load_teacher(config)
 
 
 def test_accumulated_micro_batches_give_the_one_batch_update(tiny_vit_teacher_dir):
@@ -135,11 +135,11 @@ def test_accumulated_micro_batches_give_the_one_batch_update(tiny_vit_teacher_di
     config.teacher.spec = tiny_vit_teacher_dir
     config.batch_size, config.optim.lr, config.student.drop_path = 32, 1e-3, 0.0
     config.optim.accumulate_steps = k
-    teacher = train.load_teacher(config)
+    teacher = assembly.load_teacher(config)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-    setup = train.make_setup(config, teacher, mesh, total_steps=20, warmup_steps=0)
+    setup = assembly.make_setup(config, teacher, mesh, total_steps=20, warmup_steps=0)
     state = step_lib.init_state(setup, jax.random.key(0))
-    t_sh = train.teacher_shardings(teacher, mesh)
+    t_sh = assembly.teacher_shardings(teacher, mesh)
     rng = np.random.default_rng(0)
     n = setup.num_patches
     masks = np.zeros((32, n), np.uint8)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import maskalign_b16_clip_b16
-from mim_jax import checkpoint as ckpt_lib, sharding, step as step_lib, train
+from mim_jax import assembly, checkpoint as ckpt_lib, sharding, step as step_lib, train
 
 
 def config_for(teacher_dir, total_steps, **kw):
@@ -32,9 +32,9 @@ def losses(workdir):
 
 
 def restore_params(config, workdir, mesh_spec):
-  teacher = train.load_teacher(config)
+  teacher = assembly.load_teacher(config)
   config.mesh.data, config.mesh.fsdp = mesh_spec
-  setup = train.make_setup(config, teacher, sharding.make_mesh(config.mesh), 4, 0)
+  setup = assembly.make_setup(config, teacher, sharding.make_mesh(config.mesh), 4, 0)
   abstract, shardings = step_lib.state_shardings(setup)
   return ckpt_lib.restore(ckpt_lib.manager(workdir), abstract, shardings)
 
@@ -161,12 +161,12 @@ def test_resume_across_student_scan(tmp_path, tiny_vit_teacher_dir):
   assert [b[s] for s in (1, 2)] == [a[s] for s in (1, 2)]
   np.testing.assert_allclose([b[s] for s in sorted(a)], [a[s] for s in sorted(a)], rtol=1e-5)
   c = config(6, True)  # read the last (unscanned) checkpoint into a scanned student
-  setup = train.make_setup(c, train.load_teacher(c), sharding.make_mesh(c.mesh), 6, 0)
-  step, state_b, _ = train.restore_any_layout(ckpt_lib.manager(mixed),
+  setup = assembly.make_setup(c, assembly.load_teacher(c), sharding.make_mesh(c.mesh), 6, 0)
+  step, state_b, _ = assembly.restore_any_layout(ckpt_lib.manager(mixed),
                                               *step_lib.state_shardings(setup))
   assert step == 6 and "layers" in state_b.params["student"]
   assert "block0" not in state_b.params["student"]
-  state_b = train._restack_state(jax.device_get(state_b), ())
+  state_b = assembly._restack_state(jax.device_get(state_b), ())
   _, state_a = restore_params(config(6, False), plain, (8, 1))
 
   def without_key_bias(state):  # its true gradient is 0: Adam scales rounding noise up to lr
@@ -175,3 +175,18 @@ def test_resume_across_student_scan(tmp_path, tiny_vit_teacher_dir):
         jax.device_get(state))
   chex.assert_trees_all_close(without_key_bias(state_a), without_key_bias(state_b),
                               rtol=1e-4, atol=1e-6)
+
+
+def test_the_objective_chooses_the_evaluation_and_its_contract_is_enforced(monkeypatch):
+  """Pretraining objectives report kNN of the student's features, classifiers their top-1 /
+  top-5; a module without the whole contract is refused by name, not found missing mid-run."""
+  from mim_jax import objectives  # pylint: disable=import-outside-toplevel
+  from mim_jax.objectives import evaluators  # pylint: disable=import-outside-toplevel
+  classifiers = {"classify", "linear_probe"}
+  for method in objectives.METHODS:
+    want = evaluators.classifier_accuracy if method in classifiers else evaluators.student_knn
+    assert objectives.get(method).evaluate is want, method
+  monkeypatch.setitem(objectives.METHODS, "broken", "mim_jax.objectives.evaluators")
+  with pytest.raises(TypeError, match=r"lacks \['make_model', 'loss_fn', 'default_config', "
+                                      r"'evaluate', 'prepare_state'\]"):
+    objectives.get("broken")

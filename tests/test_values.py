@@ -12,8 +12,9 @@ import sys
 
 import pytest
 
-from configs import common
+from mim_jax import defaults
 from mim_jax import allowed, objectives, saved_config, validate
+from mim_jax import config as config_lib
 from mim_jax.data import digits, input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,15 +60,15 @@ def set_key(config: dict, key: str, value) -> dict:
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_key_has_a_declaration_and_every_default_fits_it(name):
   config = CONFIGS[name]
-  declared = allowed.declarations(config)
-  keys = set(saved_config.flatten(config))
+  declared = validate.declarations(config)
+  keys = set(config_lib.flatten(config))
   assert sorted(keys - set(declared)) == [], "declare these keys beside their defaults"
-  assert allowed.problems(config) == []
+  assert validate.problems(config) == []
 
 
 def test_the_keys_without_a_range_are_these():
-  free = {k for config in CONFIGS.values() for k, d in allowed.declarations(config).items()
-          if d.bad is None and k in saved_config.flatten(config)}
+  free = {k for config in CONFIGS.values() for k, d in validate.declarations(config).items()
+          if d.bad is None and k in config_lib.flatten(config)}
   assert free == set(FREE)
 
 
@@ -75,10 +76,10 @@ def test_declarations_name_existing_keys_only():
   """No stale declaration: each names a key its defaults build."""
   for method in objectives.METHODS:
     module = objectives.get(method)
-    assert set(module.ALLOWED) == set(saved_config.flatten(module.default_config().to_dict()))
+    assert set(module.ALLOWED) == set(config_lib.flatten(module.default_config().to_dict()))
   assert set(input_pipeline.ALLOWED) == set(input_pipeline.default_config())
-  every_key = {k for config in CONFIGS.values() for k in saved_config.flatten(config)}
-  assert set(common.ALLOWED) <= every_key
+  every_key = {k for config in CONFIGS.values() for k in config_lib.flatten(config)}
+  assert set(defaults.ALLOWED) <= every_key
   assert {f"augment.{k}" for k in input_pipeline.AUGMENT_ALLOWED} <= every_key
 
 
@@ -86,20 +87,20 @@ def test_declarations_name_existing_keys_only():
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_one_bad_value_per_key_is_refused_naming_the_key(name):
   config = CONFIGS[name]
-  declared = allowed.declarations(config)
+  declared = validate.declarations(config)
   walked = 0
-  for key in sorted(saved_config.flatten(config)):
+  for key in sorted(config_lib.flatten(config)):
     rule = declared[key]
     if rule.bad is None:  # a free key (FREE)
       continue
     bad = set_key(config, key, rule.bad)
     with pytest.raises(ValueError) as e:
-      allowed.check(bad)
+      validate.check_values(bad)
     line = str(e.value)
     assert "\n" not in line
     assert line.startswith(f"--config.{key}={rule.bad!r} is out of range: {key} takes "), line
     walked += 1
-  assert walked >= len(saved_config.flatten(config)) - len(FREE)
+  assert walked >= len(config_lib.flatten(config)) - len(FREE)
 
 
 @pytest.mark.parametrize("key,value,words", [
@@ -117,7 +118,7 @@ def test_one_bad_value_per_key_is_refused_naming_the_key(name):
 def test_the_issue_values_are_refused(key, value, words):
   config = set_key(CONFIGS["maskalign_b16_clip_b16.get_config(runlocal=True)"], key, value)
   with pytest.raises(ValueError, match=r"^--config\." + key.replace(".", r"\.")) as e:
-    allowed.check(config)
+    validate.check_values(config)
   assert words in str(e.value)
 
 
@@ -128,39 +129,39 @@ MASKALIGN_LOCAL = "maskalign_b16_clip_b16.get_config(runlocal=True)"  # nano/4 a
 @pytest.mark.parametrize("kind", ["random", "attentive", "block"])
 def test_a_mask_ratio_must_leave_a_patch_visible(kind):
   config = set_key(CONFIGS[MASKALIGN_LOCAL], "mask.kind", kind)
-  allowed.check(set_key(config, "mask.ratio", 0.9))  # 1 of 16 patches visible
+  validate.check_values(set_key(config, "mask.ratio", 0.9))  # 1 of 16 patches visible
   with pytest.raises(ValueError, match=r"mask.ratio=1.0 .* leaves at least one of the 16 patches"):
-    allowed.check(set_key(config, "mask.ratio", 1.0))
-  allowed.check(set_key(set_key(config, "mask.kind", "none"), "mask.ratio", 1.0))  # no masking
+    validate.check_values(set_key(config, "mask.ratio", 1.0))
+  validate.check_values(set_key(set_key(config, "mask.kind", "none"), "mask.ratio", 1.0))  # no masking
 
 
 def test_image_size_must_be_whole_patches():
   config = CONFIGS[MASKALIGN_LOCAL]
   with pytest.raises(ValueError, match=r"data.image_size=18 .* multiple of the student's patch 4"):
-    allowed.check(set_key(config, "data.image_size", 18))
-  allowed.check(set_key(config, "data.image_size", 20))
+    validate.check_values(set_key(config, "data.image_size", 18))
+  validate.check_values(set_key(config, "data.image_size", 20))
 
 
 def test_top_k_and_mid_layer_lie_within_the_teachers_depth(tiny_vit_teacher_dir):
   config = set_key(CONFIGS[MASKALIGN_LOCAL], "teacher.spec", tiny_vit_teacher_dir)  # 2 blocks
-  allowed.check(set_key(config, "objective.top_k", 2))
+  validate.check_values(set_key(config, "objective.top_k", 2))
   with pytest.raises(ValueError, match=r"top_k=3 .* integer in \[1, 2\] \(the teacher has 2"):
-    allowed.check(set_key(config, "objective.top_k", 3))
+    validate.check_values(set_key(config, "objective.top_k", 3))
   mid = set_key(config, "objective.layer_weights", "mid")
-  allowed.check(set_key(mid, "objective.mid_layer", 1))
+  validate.check_values(set_key(mid, "objective.mid_layer", 1))
   with pytest.raises(ValueError, match=r"mid_layer=2 .* integer in \[0, 1\]"):
-    allowed.check(set_key(mid, "objective.mid_layer", 2))
+    validate.check_values(set_key(mid, "objective.mid_layer", 2))
   # the bound follows the weighting that reads the key: top_k=3 is not read by "mid"
-  allowed.check(set_key(set_key(mid, "objective.mid_layer", 1), "objective.top_k", 3))
+  validate.check_values(set_key(set_key(mid, "objective.mid_layer", 1), "objective.top_k", 3))
 
 
 def test_warmup_within_the_run_and_decoder_heads_divide_its_width():
   config = CONFIGS[MASKALIGN_LOCAL]  # total_steps 4
   with pytest.raises(ValueError, match=r"warmup_steps=5 .* at most total_steps \(4\)"):
-    allowed.check(set_key(config, "warmup_steps", 5))
+    validate.check_values(set_key(config, "warmup_steps", 5))
   mae = CONFIGS["mae_b16.get_config(runlocal=True)"]  # decoder width 32
   with pytest.raises(ValueError, match=r"decoder.heads=3 .* divisor of objective.decoder.width"):
-    allowed.check(set_key(mae, "objective.decoder.heads", 3))
+    validate.check_values(set_key(mae, "objective.decoder.heads", 3))
 
 
 # ---- through the command line: one line, printed once, nothing written -------------------------

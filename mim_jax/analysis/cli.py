@@ -29,13 +29,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from mim_jax import assembly
 from mim_jax import checkpoint as ckpt_lib
+from mim_jax import demo
 from mim_jax import plots as run_plots
 from mim_jax import saved_config
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
-from mim_jax import train
 from mim_jax.analysis import hessian, plots, spectra, summary
 from mim_jax.data import input_pipeline
 from mim_jax.teachers import teacher as teacher_lib
@@ -97,10 +98,10 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: Optional[int]
   """(setup, train state placed on the config's mesh, its step) from the workdir's checkpoint."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise FileNotFoundError(f"{workdir} has no checkpoints/ directory.")
-  teacher = train.load_teacher(config)  # its architecture shapes the objective's heads
+  teacher = assembly.load_teacher(config)  # its architecture shapes the objective's heads
   mesh = sharding_lib.make_mesh(config.mesh)
-  total, warmup = train.durations(config, input_pipeline.num_examples(config.data))
-  setup = train.make_setup(config, teacher, mesh, total, warmup)
+  total, warmup = assembly.durations(config, input_pipeline.num_examples(config.data))
+  setup = assembly.make_setup(config, teacher, mesh, total, warmup)
   abstract, shardings = step_lib.state_shardings(setup)
   mngr = ckpt_lib.manager(workdir, asynchronous=False)
   found, state = ckpt_lib.restore(mngr, abstract, shardings, step)
@@ -144,7 +145,7 @@ def measure(forward, params: Any, images: jax.Array, grid, mesh, **kw) -> dict[s
 def pretraining_loss(setup: step_lib.Setup, teacher_params: Any, batch: dict, rng: jax.Array):
   """params -> the objective's loss on `batch` with masks drawn once from `rng`, eval mode."""
   if setup.config.get("mask") and setup.config.mask.kind == "block":
-    fn = train.mask_fn(setup.config, setup.model_student().grid)
+    fn = assembly.mask_fn(setup.config, setup.model_student().grid)
     binary = fn(np.random.default_rng(int(jax.random.randint(rng, (), 0, 2**31 - 1))),
                 batch["image"].shape[0])
     batch = dict(batch, mask=jax.device_put(binary, sharding_lib.batch_sharding(setup.mesh, 2)))
@@ -246,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   """Runs the analysis; returns what it wrote to analysis.json."""
   args = parse_args(argv)
   out = args.out or os.path.join(args.workdir, "analysis")
-  config = load_config(args.workdir, args.config)
+  config = demo.resolve_teachers(load_config(args.workdir, args.config))
   setup, state, step = restore(config, args.workdir, args.step)
   mesh = setup.mesh
   batch = eval_batch(config, mesh, args.batch_size, args.split)
@@ -260,8 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                 state.params["student"], batch["image"], grid, mesh, **kw)}
   t_params = None
   if setup.teacher is not None and (args.teacher or args.hessian):
-    t_params = jax.device_put(train.teacher_params(setup.teacher),
-                              train.teacher_shardings(setup.teacher, mesh))
+    t_params, _ = assembly.place_teacher(setup.teacher, mesh)
   if args.teacher:
     if setup.teacher is None:
       raise ValueError(f"--teacher: method {config.method!r} has no teacher.")

@@ -151,3 +151,15 @@ def block_masks(rng: np.random.Generator, batch: int, grid: tuple[int, int], rat
   for b in range(batch):
     out[b] = block_mask(rng, grid, num_masked, **kw).reshape(-1)
   return out
+
+
+def leaves_a_patch(ratio: float, ctx: "allowed.Context") -> Optional[str]:
+  """mask.ratio: at least one patch stays visible (the encoder needs a token to see)."""
+  n, kind = ctx.num_patches, ctx.get("mask.kind")
+  if n is None or kind == "none":
+    return None
+  visible = n - block_num_masked(n, ratio) if kind == "block" else int(n * (1 - ratio))
+  if visible < 1:
+    return (f"a number in [0, 1] that leaves at least one of the {n} patches visible "
+            f"(mask.kind {kind!r})")
+  return None

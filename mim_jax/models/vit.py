@@ -365,6 +365,18 @@ class ViT(nn.Module):
     return out, {"blocks": tuple(blocks), "attn": attn}
 
 
+def position_embedding(params: Mapping[str, Any], vit: ViT) -> np.ndarray:
+  """The [N + 1, D] embedding a student `vit` adds to [CLS, patches], as a host float32 array:
+  fixed sin-cos (CLS row zeros), its learned `params["pos_embedding"]`, or zeros."""
+  if vit.posemb == "sincos":
+    return np.array(layers.posemb_sincos_2d(vit.grid, vit.width, cls_token=True), np.float32)
+  if vit.posemb == "learned":
+    return np.array(jax.device_get(params["pos_embedding"]), np.float32)
+  if vit.posemb == "none":
+    return np.zeros((vit.num_patches + 1, vit.width), np.float32)
+  raise ValueError(f"Unknown posemb {vit.posemb!r}: use 'sincos', 'learned' or 'none'.")
+
+
 # The scanned stack's name in the parameter tree (blocks from 0), and its per-layer children; a
 # stack that starts at block k > 0 (the second scan of a split stack) is `layers_{k}`.
 SCANNED = "layers"

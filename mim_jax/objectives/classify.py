@@ -31,6 +31,7 @@ from mim_jax import allowed
 from mim_jax.models import layers
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
+from mim_jax.objectives import evaluators
 
 F32 = jnp.float32
 POOLS = ("avg", "cls")
@@ -170,6 +171,12 @@ def loss_fn(out: dict, teacher_out: Any, masks: Any, batch: dict,
   correct = (jnp.argmax(logits, -1) == labels).astype(F32)
   metrics = {"accuracy": (correct * weights).sum() / count, "ce": (ce * weights).sum() / count}
   return loss, metrics
+
+
+# The run's periodic evaluation (top-1 / top-5 on data.eval_split); nothing to measure
+# before step 1.
+evaluate = evaluators.classifier_accuracy
+prepare_state = common.keep_state
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -1,5 +1,8 @@
-"""Pieces shared by the objectives: the student from a config, target norms, regression losses."""
+"""Pieces shared by the objectives: the student from a config, the teachers' dtypes, target
+norms, regression losses, the default `prepare_state`."""
 from __future__ import annotations
+
+from typing import Any
 
 import chex
 import jax
@@ -41,29 +44,11 @@ def teacher_dtype(config: ml_collections.ConfigDict, index: int = 0) -> str:
   return name
 
 
-def teacher_settings(config: ml_collections.ConfigDict) -> tuple[tuple[str, str], ...]:
-  """(spec, dtype) of each teacher in `teacher.spec`, checked; () for teacher-free methods.
-
-  Several teachers only where the method mimics them jointly (its module sets
-  `SEVERAL_TEACHERS`); `teacher.attention_from` indexes the one whose attention drives
-  attentive / focused masks. Every problem is a one-line ValueError naming the fix.
-  """
-  from mim_jax import objectives  # pylint: disable=import-outside-toplevel
-  if not config.get("teacher"):
-    return ()
-  spec = config.teacher.get("spec")
-  specs = config_lib.teacher_specs(spec)
-  if len(specs) > 1 and not getattr(objectives.get(config.method), "SEVERAL_TEACHERS", False):
-    joint = sorted(m for m in objectives.METHODS
-                   if getattr(objectives.get(m), "SEVERAL_TEACHERS", False))
-    raise ValueError(f"teacher.spec {spec!r} lists {len(specs)} teachers, but method "
-                     f"{config.method!r} takes one: only {', '.join(joint)} mimics a list of "
-                     f"teachers jointly; give one spec.")
-  k = config.teacher.get("attention_from", 0)
-  if specs and not 0 <= k < len(specs):
-    raise ValueError(f"teacher.attention_from={k} is not the index of one of the "
-                     f"{len(specs)} teachers {specs}: use 0 to {len(specs) - 1}.")
-  return tuple((s, teacher_dtype(config, i)) for i, s in enumerate(specs))
+def keep_state(setup: Any, state: Any) -> Any:
+  """The `prepare_state` of an objective that measures nothing before its first step: the fresh
+  (or init_from) state as it is."""
+  del setup
+  return state
 
 
 def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvViT:

@@ -23,6 +23,7 @@ import ml_collections
 from mim_jax import allowed
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
+from mim_jax.objectives import evaluators
 from mim_jax.objectives import maskdistill
 
 F32 = jnp.float32
@@ -63,6 +64,11 @@ def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
   per_token = maskdistill.token_loss(pred, tgt, obj.loss, obj.beta)  # [B, L]
   metrics = {"loss/cls": per_token[:, 0].mean()} if obj.with_cls else {}
   return per_token.mean(), metrics
+
+
+# The run's periodic evaluation (kNN of the student's features); nothing measured before step 1.
+evaluate = evaluators.student_knn
+prepare_state = common.keep_state
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ statistics, so this differs only by the batch noise (see `evaluation/linear_prob
 
 Features: `objective.pool` "cls" (MAE's default: the CLS token after the final norm) or "mean"
 (the patch tokens' mean). Loss and metrics: `classify.loss_fn` (label smoothing 0 in MAE's
-recipe); evaluation: top-1 / top-5 like fine-tuning (`train.evaluate`).
+recipe); evaluation: top-1 / top-5 like fine-tuning (`evaluators.classifier_accuracy`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from mim_jax.models import layers
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import classify
 from mim_jax.objectives import common
+from mim_jax.objectives import evaluators
 
 FROZEN = ("student", "probe_norm_mean", "probe_norm_var")
 
@@ -73,6 +74,10 @@ def make_model(config: ml_collections.ConfigDict, teacher: Optional[Any]) -> Lin
 def loss_fn(out: dict, teacher_out: Any, masks: Any, batch: dict,
             config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
   return classify.loss_fn(out, teacher_out, masks, batch, config)
+
+
+# The run's periodic evaluation: top-1 / top-5 on data.eval_split, like fine-tuning.
+evaluate = evaluators.classifier_accuracy
 
 
 def feature_statistics(setup: Any, student_params: Any) -> tuple[np.ndarray, np.ndarray]:

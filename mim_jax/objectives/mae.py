@@ -47,6 +47,7 @@ from mim_jax.models import layers
 from mim_jax.models.decoder import Decoder
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
+from mim_jax.objectives import evaluators
 from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
 
 F32 = jnp.float32
@@ -228,6 +229,11 @@ def loss_fn(out: dict, teacher_out: Optional[dict], masks: Any, batch: dict,
   del teacher_out
   loss = reconstruction_loss(out["pred"], batch["image"], masks.mask, config)
   return loss, {"loss/recon": loss}
+
+
+# The run's periodic evaluation (kNN of the student's features); nothing measured before step 1.
+evaluate = evaluators.student_knn
+prepare_state = common.keep_state
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from mim_jax import allowed
 from mim_jax.models import layers
 from mim_jax.models.vit import ViT, gather_tokens
 from mim_jax.objectives import common
+from mim_jax.objectives import evaluators
 
 F32 = jnp.float32
 
@@ -148,6 +149,11 @@ def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
     metrics[f"loss/layer{j}"] = per_layer
     total = total + weights[j] * per_layer
   return total, metrics
+
+
+# The run's periodic evaluation (kNN of the student's features); nothing measured before step 1.
+evaluate = evaluators.student_knn
+prepare_state = common.keep_state
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -30,6 +30,7 @@ from mim_jax import allowed
 from mim_jax.models import layers
 from mim_jax.models.vit import BEIT_STD, ViT
 from mim_jax.objectives import common
+from mim_jax.objectives import evaluators
 
 F32 = jnp.float32
 TARGET_LAYERS = {"last": 1, "last3": 3, "last6": 6}
@@ -131,6 +132,11 @@ def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
       "mask_fraction": masks.mask.astype(F32).mean(),
   }
   return loss, metrics
+
+
+# The run's periodic evaluation (kNN of the student's features); nothing measured before step 1.
+evaluate = evaluators.student_knn
+prepare_state = common.keep_state
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -60,6 +60,7 @@ from mim_jax.models import layers
 from mim_jax.models.decoder import Decoder
 from mim_jax.models.vit import ViT, gather_tokens
 from mim_jax.objectives import common
+from mim_jax.objectives import evaluators
 from mim_jax.objectives import mae
 
 F32 = jnp.float32
@@ -178,6 +179,11 @@ def loss_fn(out: dict, teacher_out: Any, masks: Any, batch: dict,
   recon = mae.reconstruction_loss(out["pred"], batch["image"], masks.mask, config)
   loss = obj.mimic_weight * terms + obj.recon_weight * recon
   return loss, {"loss/mimic": terms, "loss/recon": recon, **metrics}
+
+
+# The run's periodic evaluation (kNN of the student's features); nothing measured before step 1.
+evaluate = evaluators.student_knn
+prepare_state = common.keep_state
 
 
 def default_config() -> ml_collections.ConfigDict:

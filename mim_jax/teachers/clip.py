@@ -97,6 +97,14 @@ def arch_from_config(vision: Mapping[str, Any], proj_dim: int) -> Arch:
               pre_norm=True, proj_dim=proj_dim)
 
 
+def arch_without_weights(config: Mapping[str, Any]) -> Arch:
+  """The Arch of a checkpoint from its config.json alone. Where no architecture is named the
+  weights would decide whether there is a visual projection; without them it is left out (a few
+  hundred KB that MaskAlign-type objectives never read)."""
+  vision, proj_dim, has_proj = vision_config(config)
+  return arch_from_config(vision, proj_dim if has_proj else 0)
+
+
 def canonical_names(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Strips `vision_model.`; drops the position_ids buffer after checking it is the identity."""
   out: dict[str, np.ndarray] = {}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax.teachers import resize
-from mim_jax.teachers.network import Arch, TeacherNet
+from mim_jax.teachers.network import Arch, TeacherNet, param_shapes
 
 # The student's input normalisation (ImageNet statistics); every teacher input arrives in it.
 STUDENT_MEAN = (0.485, 0.456, 0.406)
@@ -126,12 +126,14 @@ class Teacher:
     grid = student_grid(image_size, patch_size, self.grid)
     if grid == self.grid:
       return self
-    pos = np.asarray(self.params["pos_embedding"]).astype(np.float32)
-    new_pos = resize.resize_pos_embedding(pos, self.grid, grid)
-    params = dict(self.params)
-    params["pos_embedding"] = jnp.asarray(new_pos, self.params["pos_embedding"].dtype)
-    return dataclasses.replace(self, arch=dataclasses.replace(self.arch, grid=grid),
-                               params=params)
+    arch = dataclasses.replace(self.arch, grid=grid)
+    pos = self.params["pos_embedding"]
+    if isinstance(pos, jax.ShapeDtypeStruct):  # an abstract teacher (`zoo.load(abstract=True)`)
+      new_pos = jax.ShapeDtypeStruct(param_shapes(arch)["pos_embedding"].shape, pos.dtype)
+    else:
+      resized = resize.resize_pos_embedding(np.asarray(pos).astype(np.float32), self.grid, grid)
+      new_pos = jnp.asarray(resized, pos.dtype)
+    return dataclasses.replace(self, arch=arch, params={**self.params, "pos_embedding": new_pos})
 
 
 def map_teachers(fn: Callable[..., Any], teacher: Any, *rest: Any) -> Any:

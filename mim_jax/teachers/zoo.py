@@ -16,7 +16,7 @@ import numpy as np
 
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers import clip, vit
-from mim_jax.teachers.network import Arch, param_shapes
+from mim_jax.teachers.network import Arch, TeacherNet, param_shapes
 from mim_jax.teachers.teacher import DEFAULT_MEAN_STD, Teacher
 
 
@@ -41,54 +41,58 @@ KNOWN: dict[str, Known] = {
 }
 
 Converter = Callable[[Mapping[str, Any], Mapping[str, np.ndarray]], tuple[Arch, dict]]
+Shape = Callable[[Mapping[str, Any]], Arch]  # the Arch from config.json alone
 
-# model_type in config.json -> (kind, converter).
-CONVERTERS: dict[str, tuple[str, Converter]] = {
-    "vit": ("vit", vit.convert),
-    "clip_vision_model": ("clip", clip.convert),
-    "clip": ("clip", clip.convert),
+# model_type in config.json -> (kind, converter, shape).
+CONVERTERS: dict[str, tuple[str, Converter, Shape]] = {
+    "vit": ("vit", vit.convert, vit.arch_from_config),
+    "clip_vision_model": ("clip", clip.convert, clip.arch_without_weights),
+    "clip": ("clip", clip.convert, clip.arch_without_weights),
 }
 
 
-def load(spec: str, *, dtype: str = "float32", param_dtype: Optional[str] = None) -> Teacher:
+def load(spec: str, *, dtype: str = "float32", param_dtype: Optional[str] = None,
+         abstract: bool = False) -> Teacher:
   """A Teacher from a checkpoint directory, a known name (KNOWN) or a cached repo id.
 
   dtype: matmul input dtype, "float32" or "bfloat16" (accumulation is always float32).
   param_dtype: storage dtype of `teacher.params`; defaults to `dtype`.
+  abstract: the same Teacher with `jax.ShapeDtypeStruct` parameters, from the checkpoint's
+  config.json (and preprocessor config) alone: no weight is read or created. A known name needs
+  no checkpoint then: its KNOWN shape and its kind's normalisation stand in.
   """
-  directory = resolve(spec)
-  config = io.read_config(directory)
-  model_type = config.get("model_type")
-  if model_type not in CONVERTERS:
-    raise io.CheckpointError(f"{directory!r}: model_type {model_type!r} is not handled; "
-                             f"handled: {sorted(CONVERTERS)}.")
-  kind, convert = CONVERTERS[model_type]
-  arch, params = convert(config, io.read_weights(directory))
-  check_params(arch, params)
-  mean, std = mean_std(io.read_preprocessor(directory), kind)
-  return Teacher(name=spec, kind=kind, arch=arch, mean=mean, std=std, dtype=_dtype_name(dtype),
-                 params=to_device(params, param_dtype or dtype))
+  dtype_name = _dtype_name(dtype)
+  if abstract and spec in KNOWN and not os.path.isdir(spec):
+    kind, arch, preprocessor = KNOWN[spec].kind, KNOWN[spec].arch, {}
+  else:
+    directory = resolve(spec)
+    config = io.read_config(directory)
+    model_type = config.get("model_type")
+    if model_type not in CONVERTERS:
+      raise io.CheckpointError(f"{directory!r}: model_type {model_type!r} is not handled; "
+                               f"handled: {sorted(CONVERTERS)}.")
+    kind, convert, shape = CONVERTERS[model_type]
+    if abstract:
+      arch = shape(config)
+    else:
+      arch, params = convert(config, io.read_weights(directory))
+      check_params(arch, params)
+    preprocessor = io.read_preprocessor(directory)
+  if abstract:
+    store = jnp.dtype(param_dtype or dtype)
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, store), param_shapes(arch))
+  else:
+    params = to_device(params, param_dtype or dtype)
+  mean, std = mean_std(preprocessor, kind)
+  return Teacher(name=spec, kind=kind, arch=arch, mean=mean, std=std, dtype=dtype_name,
+                 params=params)
 
 
 def shape(spec: str) -> tuple[str, Arch]:
   """(kind, Arch) of a known name or a checkpoint directory, from its config.json alone (no
-  weight is read)."""
-  if spec in KNOWN:
-    return KNOWN[spec].kind, KNOWN[spec].arch
-  if not os.path.isdir(spec):
-    raise FileNotFoundError(f"Teacher {spec!r} is neither a checkpoint directory nor a known "
-                            f"name {sorted(KNOWN)}; for a shape only, a known name of "
-                            f"the same architecture will do.")
-  config = io.read_config(spec)
-  model_type = config.get("model_type")
-  if model_type == "vit":
-    return "vit", vit.arch_from_config(config)
-  if model_type in ("clip", "clip_vision_model"):
-    vision, proj_dim, has_proj = clip.vision_config(config)
-    # has_proj None (no architecture named): the weights would decide; a projection is a few
-    # hundred KB and MaskAlign-type objectives never read it, so leave it out.
-    return "clip", clip.arch_from_config(vision, proj_dim if has_proj else 0)
-  raise io.CheckpointError(f"{spec!r}: model_type {model_type!r} is not handled.")
+  weight is read): `load(spec, abstract=True)`'s."""
+  teacher = load(spec, abstract=True)
+  return teacher.kind, teacher.arch
 
 
 def random_teacher(name_or_kind: str, arch: Optional[Arch] = None, *, seed: int = 0,
@@ -102,7 +106,6 @@ def random_teacher(name_or_kind: str, arch: Optional[Arch] = None, *, seed: int 
   else:
     raise ValueError(f"random_teacher needs a known name {sorted(KNOWN)} or a kind "
                      f"{sorted(DEFAULT_MEAN_STD)} with an Arch, got {name_or_kind!r}.")
-  from mim_jax.teachers.network import TeacherNet  # pylint: disable=import-outside-toplevel
   images = jnp.zeros((1, arch.image_size, arch.image_size, 3), jnp.float32)
   params = jax.jit(TeacherNet(arch).init)(jax.random.key(seed), images)["params"]
   mean, std = DEFAULT_MEAN_STD[kind]

@@ -13,7 +13,6 @@ from typing import Any, Iterable, Optional
 import ml_collections
 
 from mim_jax import config as config_lib
-from mim_jax import saved_config
 
 
 def split_spec(spec: str) -> tuple[str, Optional[str]]:
@@ -44,11 +43,11 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 def check_keys(config: ml_collections.ConfigDict, keys: Iterable[str], prefix: str = "") -> None:
   """Raises KeyError naming the closest valid key for any dotted key the config lacks, or its
-  new name when it was renamed (`mim_jax.saved_config.RENAMED`); keys and the hint are spelt
+  new name when it was renamed (`mim_jax.config.RENAMED`); keys and the hint are spelt
   `prefix + key`, e.g. prefix "--config." for command-line flags."""
   valid = set(config_lib.flat_keys(config))
   for key in keys:
-    new = saved_config.new_name(key)
+    new = config_lib.new_name(key)
     if key not in valid and new in valid:
       raise KeyError(f"{prefix}{key} was renamed to {prefix}{new}: use that")
     if key not in valid:

@@ -26,6 +26,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from mim_jax import config as config_lib
+from mim_jax import sharding
 from mim_jax.models import layers
 from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
 from mim_jax.tools import config_file
@@ -95,7 +96,6 @@ def save(path: str, stats: dict[str, np.ndarray]) -> None:
 def pipeline_batches(config, num_batches: int, batch_size: int) -> Iterable[np.ndarray]:
   """`num_batches` image batches [B, S, S, 3] of the config's pretraining pipeline."""
   # Imported here: TensorFlow is only needed when reading a real dataset.
-  from mim_jax import sharding  # pylint: disable=import-outside-toplevel
   from mim_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh({"data": -1})
   it = input_pipeline.make_pretrain_iterator(config.data, global_batch_size=batch_size,

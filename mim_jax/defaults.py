@@ -1,8 +1,10 @@
 """The fields every experiment config has, with the defaults of the MaskAlign recipe.
 
-Experiment files call `base(method)` and override what their method needs; keeping every key
-here is what lets a locked config reject a misspelt `--config.x=y`. `ALLOWED`, below `base`,
-declares what each key may hold (`mim_jax/allowed.py` checks it before a run writes anything).
+Experiment files (configs/) call `base(method)` and override what their method needs; keeping
+every key here is what lets a locked config reject a misspelt `--config.x=y`, and what lets later
+code read an old run's config.json (`mim_jax.saved_config`: keys added since get these
+defaults). `ALLOWED`, below `base`, declares what each key may hold (`mim_jax.validate` checks
+it, with the objectives' and the data pipeline's declarations, before a run writes anything).
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from mim_jax import config as config_lib
 from mim_jax import masking
 from mim_jax import objectives
 from mim_jax import optim
-from mim_jax.allowed import (Allowed, at_most, checked_by, flag, free, integer, leaves_a_patch,
-                             listed, number, one_of)
+from mim_jax.allowed import (Allowed, at_most, checked_by, flag, free, integer, listed, number,
+                             one_of)
+from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
 from mim_jax.evaluation import features
 from mim_jax.models import layers
@@ -130,7 +133,7 @@ ALLOWED: dict[str, Allowed] = {
     "teacher.dtype": listed(*objective_common.PRECISIONS, optional=True,
                             note="one per teacher; None follows precision"),
     "mask.kind": one_of(*masking.KINDS),
-    "mask.ratio": number(**_FRACTION).bound(leaves_a_patch),
+    "mask.ratio": number(**_FRACTION).bound(block_mask.leaves_a_patch),
     "batch_size": integer(**_COUNT),
     "total_steps": integer(**_COUNT, optional=True),
     "total_epochs": number(gt=0, optional=True),
