@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mim_jax import masking
 from mim_jax import sharding as sharding_lib
 from mim_jax import teachers
-from mim_jax.models import layers
+from mim_jax.models import layers, platforms
 
 PyTree = Any
 
@@ -60,12 +60,10 @@ class Setup:
     return self.mesh.devices.flat[0].platform
 
   @property
-  def cpu_matmul_layout(self) -> bool:
-    """Whether the CPU layout switches apply (`layers.cpu_matmul_layout`: bf16 operand copies,
-    residual cotangent barriers, the natural-layout qkv projection): only for a single CPU
-    device, where no array is sharded, and only while `config.cpu_matmul_layout`."""
-    return (self.config.get("cpu_matmul_layout", True) and self.target_platform == "cpu"
-            and self.mesh.devices.size == 1)
+  def platform_ops(self) -> layers.PlatformOps:
+    """The platform-specific layer code the step runs (`platforms.select`: the single-CPU-device
+    layout for one CPU device while `config.cpu_matmul_layout`, else the portable ops)."""
+    return platforms.select(self.target_platform, self.mesh.devices.size, self.config)
 
   @functools.cached_property
   def state_layout(self) -> tuple["TrainState", "TrainState"]:
@@ -168,7 +166,7 @@ def teacher_forward(setup: Setup, teacher_params: PyTree, images: jax.Array) -> 
 def train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: dict
                ) -> tuple[TrainState, dict]:
   """One update. batch: {"image": [B, H, W, 3] float32, optional "mask": [B, N]}."""
-  with layers.cpu_matmul_layout(setup.cpu_matmul_layout):
+  with layers.use_platform_ops(setup.platform_ops):
     return _train_step(setup, state, teacher_params, batch)
 
 

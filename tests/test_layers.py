@@ -1,6 +1,9 @@
-"""Shared layers: mixed-precision einsum (forward and custom backward), attention maths."""
+"""Shared layers: mixed-precision einsum (forward and custom backward), attention maths, and the
+platform seam (`PlatformOps`) through which Block and Attention reach platform-specific code."""
+import ast
+import collections
 import functools
-import re
+import inspect
 
 import chex
 import flax.linen as nn
@@ -9,7 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax.models import layers
+from mim_jax.models import cpu_layout, layers
+
+# Every PlatformOps record: each must compute what the portable layers compute.
+PLATFORM_OPS = (layers.PORTABLE, cpu_layout.OPS)
 
 
 def test_transpose_specs():
@@ -42,72 +48,24 @@ def test_bf16_einsum_matches_f32_forward_and_backward(spec, sa, sb):
   chex.assert_trees_all_equal(recast, (v16, g16))
 
 
-# Every matmul of the ViT (dense, attention logits and output, out-projection, patch embedding)
-# and the two backward products of each.
-_MODEL_SPECS = [s for spec in ("ni,io->no", "bhqk,bhsk->bhqs", "bhqs,bhsk->bhqk",
-                               "bhqk,hkd->bqd", "bnk,kd->bnd")
-                for s in (spec, *layers._transpose_specs(spec))]
-
-
-@pytest.mark.parametrize("spec", _MODEL_SPECS)
-def test_canonical_einsum_is_the_einsum(spec):
-  """The single-CPU-device form (operands and product copied into the fast kernel's layouts)
-  computes the einsum itself: integer-valued bf16 operands, so every sum is exact in float32."""
-  dims = dict(zip("bhqskdnio", (2, 3, 5, 7, 4, 6, 9, 8, 10)))
-  ins, _ = spec.split("->")
-  a, b = (jax.random.randint(jax.random.key(i), [dims[c] for c in s], -3, 4).astype(jnp.bfloat16)
-          for i, s in enumerate(ins.split(",")))
-  got = jax.jit(functools.partial(layers._canonical_einsum, spec))(a, b)
-  want = np.einsum(spec, np.asarray(a, np.float64), np.asarray(b, np.float64))
-  np.testing.assert_array_equal(got, want)
-
-
-def test_cpu_layout_input_gradient_reads_the_kernel_as_stored():
-  """g @ W^T (the input gradient of x @ W) takes W in the [N, K] form XLA:CPU's bf16 kernel
-  reads as it is: no transposed copy of each kernel in every step (at ViT-B ~6 ms per MLP kernel
-  and step, once the thunks run concurrently)."""
-  x, w = jnp.ones((64, 96)), jnp.ones((96, 384))
-
-  def loss(x, w):
-    with layers.cpu_matmul_layout():
-      return jnp.sum(jnp.sin(layers.einsum("ni,io->no", x, w, jnp.bfloat16)))
-  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
-  assert re.search(r"bf16\[96,384\]", hlo)  # W cast for the matmuls, as stored
-  assert not re.search(r"\[384,96\]", hlo), "W is copied transposed"
-
-
-@pytest.mark.parametrize("cpu_layout", [False, True])
-def test_bf16_block_backward_at_vit_b_shapes(cpu_layout):
-  """The whole block in bf16 compiles and differentiates (jaxlib's batched bf16 dot bug), in
-  the plain layout and in the single-CPU-device one."""
+@pytest.mark.parametrize("ops", PLATFORM_OPS, ids=lambda ops: ops.name)
+def test_bf16_block_backward_at_vit_b_shapes(ops):
+  """The whole block in bf16 compiles and differentiates (jaxlib's batched bf16 dot bug), with
+  the portable ops and with the single-CPU-device layout."""
   block = layers.Block(num_heads=12, mlp_dim=3072, dtype=jnp.bfloat16)
   x = jax.random.normal(jax.random.key(0), (2, 197, 768))
   params = nn.unbox(block.init(jax.random.key(1), x))
-  with layers.cpu_matmul_layout(cpu_layout):
+  with layers.use_platform_ops(ops):
     g = jax.jit(jax.grad(lambda p: block.apply(p, x)[0].sum()))(params)
   assert all(np.isfinite(l).all() for l in jax.tree.leaves(g))
 
 
-def test_cpu_layout_gives_the_same_block_gradients():
-  """The single-CPU-device layout (qkv in its natural layout, cotangent barrier) changes the
-  program, not the numbers: float32 block gradients equal the plain layout's."""
-  block = layers.Block(num_heads=4, mlp_dim=64)
-  x = jax.random.normal(jax.random.key(0), (2, 7, 32))
-  params = nn.unbox(block.init(jax.random.key(1), x))
-  grads = []
-  for cpu_layout in (False, True):
-    with layers.cpu_matmul_layout(cpu_layout):
-      grads.append(jax.jit(jax.grad(lambda p, x: (block.apply(p, x)[0] ** 2).mean(),
-                                    argnums=(0, 1)))(params, x))
-  chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("cpu_layout", [False, True])
-def test_attention_equals_naive_numpy(cpu_layout):
+@pytest.mark.parametrize("ops", PLATFORM_OPS, ids=lambda ops: ops.name)
+def test_attention_equals_naive_numpy(ops):
   attn = layers.Attention(num_heads=2)
   x = jax.random.normal(jax.random.key(0), (2, 5, 8))
   params = nn.unbox(attn.init(jax.random.key(1), x))["params"]
-  with layers.cpu_matmul_layout(cpu_layout):
+  with layers.use_platform_ops(ops):
     y, probs = jax.jit(functools.partial(attn.apply, return_probs=True))({"params": params}, x)
   xn = np.asarray(x, np.float64)
   qkv = np.einsum("bld,dthk->tblhk", xn, params["qkv_kernel"]) + \
@@ -119,6 +77,75 @@ def test_attention_equals_naive_numpy(cpu_layout):
   expected = np.einsum("bqhk,hkd->bqd", o, params["out_kernel"]) + params["out_bias"]
   np.testing.assert_allclose(probs, p, atol=1e-6)
   np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+# Words that name a platform or ask which one runs: none belongs in the portable layers.
+_PLATFORM_WORDS = ("cpu", "gpu", "tpu", "cuda", "cudnn", "rocm", "pallas", "mosaic", "triton")
+_PLATFORM_QUERIES = {"platform", "default_backend", "devices", "local_devices", "backend"}
+
+
+def test_layers_module_names_no_platform():
+  """models/layers.py (Block, Attention, einsum, ...) holds no platform's code: no identifier of
+  its code names a platform or queries which one runs, and it imports no module of a platform
+  (cpu_layout) nor the choice among them (platforms). Platform code is reached through the
+  active `PlatformOps` only. (Docstrings and comments may say why the portable form is as it
+  is.)"""
+  tree = ast.parse(inspect.getsource(layers))
+  names, modules = set(), set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Name):
+      names.add(node.id)
+    elif isinstance(node, ast.Attribute):
+      names.add(node.attr)
+    elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, ast.arg):
+      names.add(node.arg)
+    elif isinstance(node, ast.keyword) and node.arg:
+      names.add(node.arg)
+    elif isinstance(node, ast.Import):
+      modules.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+  assert {"Block", "Attention", "einsum"} <= names  # the walk sees the code
+  named = {n for n in names if any(w in n.lower() for w in _PLATFORM_WORDS)}
+  assert not named, f"platform-specific names in layers.py: {sorted(named)}"
+  assert not names & _PLATFORM_QUERIES, sorted(names & _PLATFORM_QUERIES)
+  assert not {m for m in modules if m.startswith("mim_jax.models.")}, sorted(modules)
+
+
+def _recording(ops: layers.PlatformOps, calls: collections.Counter) -> layers.PlatformOps:
+  """`ops` with each entry counting its calls in `calls`."""
+  def record(name):
+    entry = getattr(ops, name)
+
+    def run(*args):
+      calls[name] += 1
+      return entry(*args)
+    return run
+  return layers.PlatformOps(name="recording", dot=record("dot"),
+                            qkv_projection=record("qkv_projection"),
+                            block_input=record("block_input"), attention=record("attention"))
+
+
+def test_block_and_attention_run_the_active_platform_ops():
+  """Block and Attention reach platform code only through the active `PlatformOps`: under a
+  record whose entries count their calls, a bf16 block calls block_input once, the qkv
+  projection once, the attention once (with the block's return_probs) and the record's dot for
+  each of its six matmuls (qkv, logits, attention output, out-projection, fc1, fc2); its values
+  are the portable block's."""
+  block = layers.Block(num_heads=2, mlp_dim=32, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  params = nn.unbox(block.init(jax.random.key(1), x))
+  calls = collections.Counter()
+  with layers.use_platform_ops(_recording(layers.PORTABLE, calls)):
+    y, probs = block.apply(params, x, None, True, True)
+  assert calls == {"block_input": 1, "qkv_projection": 1, "attention": 1, "dot": 6}, calls
+  assert probs.shape == (2, 2, 5, 5)
+  y_portable, probs_portable = block.apply(params, x, None, True, True)
+  np.testing.assert_array_equal(y, y_portable)
+  np.testing.assert_array_equal(probs, probs_portable)
+  assert layers.platform_ops() is layers.PORTABLE  # the context is left as it was found
 
 
 def test_patchify_order():

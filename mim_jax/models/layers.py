@@ -9,68 +9,97 @@ inputs and accumulate in float32 (`preferred_element_type`), the form TPUs and G
 the backward matmuls take bfloat16 operands too (custom VJP: autodiff would hand them the float32
 cotangent). Everything else (LayerNorm, softmax, residual stream) stays float32.
 
-Matmul layout: by default (every TPU/GPU target, and CPU meshes of several devices) a matmul is
-one plain einsum, so sharding propagation keeps every operand's sharding. Inside
-`with cpu_matmul_layout():` (entered by the train step only when it is compiled for a single CPU
-device, `Setup.cpu_matmul_layout`) bf16 operands that are not already in a layout XLA's CPU
-backend sends to its fast bf16 kernel ([batch, M, K] x [batch, K, N] or [batch, N, K]) are copied
-into one first; that copy flattens arrays behind an optimization barrier, which would destroy a
-sharded axis, hence never on a mesh. The same switch
-materialises each block's residual cotangent once (`cpu_cotangent_barrier`, float32 and bf16):
-XLA's CPU fusion otherwise recomputes it inside every consumer, quadratic in depth; and it
-computes the qkv projection in its natural layout (`qkv_projection`).
+Platform-specific code: these layers are written once, for every platform. Where one platform's
+compiler is served better by another program than the plain one, the layers call an entry of the
+active `PlatformOps` record instead: the matmul of a low-precision `einsum`, the qkv projection,
+the residual stream entering a `Block`, the attention of `Attention` (see `PlatformOps`). The
+default, `PORTABLE`, is the plain program: one einsum per matmul, explicit softmax attention, so
+sharding propagation keeps every operand's sharding. `platforms.select` picks the record for the
+target once (the train step enters it with `use_platform_ops`); the records other than
+`PORTABLE` live in their own modules (`cpu_layout.py`: the single-CPU-device layout).
 
 Logical axis names used for sharding: batch, length, embed, heads, kv, mlp, vocab.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import itertools
 import threading
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Dtype = Any
 F32 = jnp.float32
 
 
 # --------------------------------------------------------------------------------------------
-# Mixed-precision einsum with bfloat16 backward.
+# Trace-time settings: the platform's ops, and whether a scanned stack is being traced.
 # --------------------------------------------------------------------------------------------
-_LAYOUT = threading.local()
+@dataclasses.dataclass(frozen=True)
+class PlatformOps:
+  """The entries through which the layers run platform-specific code; chosen once per step
+  (`platforms.select`), active inside `use_platform_ops`. Each entry computes the values
+  `PORTABLE`'s does (exactly in float32; a fused kernel may round differently); `select` must
+  not choose a record whose entries would change a sharding for a mesh where one is sharded.
+
+  name: says which record it is (messages, tests).
+  dot(spec, a, b) -> float32 array: `einsum(spec, a, b)` of operands already cast to a dtype
+    other than float32 (the forward and both backward products of a low-precision `einsum`).
+  qkv_projection(x [B, L, D], w_qkv [D, 3, H, Dh] float32 parameter, dtype)
+    -> [3, B, H, L, Dh] float32 (no bias).
+  block_input(x [B, L, D]) -> x: the residual stream as each `Block` receives it (the same
+    values; a platform may change how its cotangent is computed).
+  attention(q [B, H, Lq, Dh], k, v [B, H, Lk, Dh] (float32), bias (added to the logits,
+    broadcastable to [B, H, Lq, Lk], or None), dtype (of the matmul operands), dropout (None, or
+    a function applied to the probabilities before they weight v), return_probs (bool))
+    -> (out [B, H, Lq, Dh] float32, probs [B, H, Lq, Lk] float32 when return_probs else None).
+    Scores are scaled by Dh ** -0.5. An entry that cannot apply its kernel to a call (dropout,
+    return_probs, a bias or a dtype it does not take) returns `softmax_attention`'s result.
+  """
+  name: str
+  dot: Callable[[str, jax.Array, jax.Array], jax.Array]
+  qkv_projection: Callable[[jax.Array, jax.Array, Dtype], jax.Array]
+  block_input: Callable[[jax.Array], jax.Array]
+  attention: Callable[..., tuple[jax.Array, Optional[jax.Array]]]
+
+
+_TRACE = threading.local()
 
 
 @contextlib.contextmanager
-def _trace_flag(name: str, value: bool):
-  """Sets the thread-local trace-time flag `name` for the code traced inside."""
-  previous = getattr(_LAYOUT, name, False)
-  setattr(_LAYOUT, name, value)
+def _trace_setting(name: str, value: Any):
+  """Sets the thread-local trace-time setting `name` for the code traced inside."""
+  previous = getattr(_TRACE, name, None)
+  setattr(_TRACE, name, value)
   try:
     yield
   finally:
-    setattr(_LAYOUT, name, previous)
+    setattr(_TRACE, name, previous)
 
 
-def cpu_matmul_layout(enabled: bool = True):
-  """Matmuls traced inside use the single-CPU-device layout (see the module docstring)."""
-  return _trace_flag("cpu", enabled)
+def use_platform_ops(ops: PlatformOps):
+  """The layers traced inside run `ops`' entries (`platforms.select` picks them)."""
+  return _trace_setting("ops", ops)
+
+
+def platform_ops() -> PlatformOps:
+  """The active `PlatformOps`: `PORTABLE` outside `use_platform_ops`."""
+  return getattr(_TRACE, "ops", None) or PORTABLE
 
 
 def scanned_stack():
   """Matmuls traced inside run in one layer of a scanned stack of blocks (`vit.ScannedLayer`):
   see `einsum`'s `b_is_param`."""
-  return _trace_flag("scanned", True)
+  return _trace_setting("scanned", True)
 
 
-def _cpu_layout_active() -> bool:
-  return getattr(_LAYOUT, "cpu", False)
-
-
+# --------------------------------------------------------------------------------------------
+# Mixed-precision einsum with bfloat16 backward.
+# --------------------------------------------------------------------------------------------
 def _transpose_specs(spec: str) -> tuple[str, str]:
   """For 'A,B->C' returns the specs of the two cotangents: 'C,B->A' and 'C,A->B'.
 
@@ -83,88 +112,27 @@ def _transpose_specs(spec: str) -> tuple[str, str]:
   return f"{out},{b}->{a}", f"{out},{a}->{b}"
 
 
-def _materialize(x: jax.Array, perm: tuple[int, ...], shape: tuple[int, ...]) -> jax.Array:
-  """x transposed by `perm` and reshaped, as a real copy in row-major order.
-
-  XLA's CPU layout assignment would otherwise fold the transpose into the dot, whose operands
-  then reach the slow (non-YNNPACK) bf16 kernel: a weight gradient contracting over the
-  leading (token) axis ran at half the speed of the same product with the transpose done.
-  Flattening behind an optimization barrier forces the copy.
-  """
-  if perm == tuple(range(x.ndim)):
-    return x.reshape(shape)
-  return jax.lax.optimization_barrier(jnp.transpose(x, perm).reshape(-1)).reshape(shape)
-
-
-def _canonical_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-  """einsum(spec, a, b) in f32 as one batched matmul of bf16 operands in the layouts XLA:CPU's
-  fast bf16 kernel takes without a copy: lhs [batch, M, K], rhs [batch, K, N] or [batch, N, K].
-
-  Of the ways to cast the einsum in that form (which operand is the lhs, the order of the
-  contracted and free axes) the one that copies the fewest elements wins: an operand that is not
-  already in its form is materialised (`_materialize`), and so is the product if its axes come
-  out in another order than `spec`'s. The rhs's [N, K] form lets x @ W^T read W as it is stored:
-  the backward pass's input gradient then needs no transposed copy of the kernel.
-  """
-  ins, out = spec.split("->")
-  sa, sb = ins.split(",")
-  size = {**dict(zip(sa, a.shape)), **dict(zip(sb, b.shape))}
-  n = lambda idx: int(np.prod([size[c] for c in idx], dtype=np.int64))
-  batch = [c for c in out if c in sa and c in sb]
-
-  def plans():  # (copied elements, lhs, rhs, whether rhs is [N, K], free/contracted axes)
-    for (sl, x_l), (sr, x_r) in (((sa, a), (sb, b)), ((sb, b), (sa, a))):
-      # Each axis group in the order of either operand or of the output.
-      ks = {tuple(c for c in s if c not in out) for s in (sl, sr)}
-      fls = {tuple(c for c in s if c in sl and c not in sr) for s in (out, sl)}
-      frs = {tuple(c for c in s if c in sr and c not in sl) for s in (out, sr)}
-      for k, fl, fr in itertools.product(sorted(ks), sorted(fls), sorted(frs)):
-        lhs = batch + list(fl) + list(k)
-        nn_rhs, nt_rhs = batch + list(k) + list(fr), batch + list(fr) + list(k)
-        rhs_nt = list(sr) == nt_rhs != nn_rhs
-        cost = ((list(sl) != lhs) * n(sl) + (list(sr) not in (nn_rhs, nt_rhs)) * n(sr)
-                + (batch + list(fl) + list(fr) != list(out)) * n(out))
-        yield cost, (sl, x_l, lhs), (sr, x_r, nt_rhs if rhs_nt else nn_rhs), rhs_nt, (fl, k, fr)
-
-  _, (sl, x_l, lhs_order), (sr, x_r, rhs_order), rhs_nt, (fl, k, fr) = min(
-      plans(), key=lambda plan: plan[0])
-  order = batch + list(fl) + list(fr)
-  lead = (n(batch),) if batch else ()
-  lhs = _materialize(x_l, tuple(sl.index(c) for c in lhs_order), lead + (n(fl), n(k)))
-  rhs = _materialize(x_r, tuple(sr.index(c) for c in rhs_order),
-                     lead + ((n(fr), n(k)) if rhs_nt else (n(k), n(fr))))
-  y = jnp.einsum("...mk,...nk->...mn" if rhs_nt else "...mk,...kn->...mn", lhs, rhs,
-                 preferred_element_type=F32)
-  if order == list(out):
-    return y.reshape([size[c] for c in out])
-  # Materialised in the dot's own order first: XLA would fold a bare transpose into the dot,
-  # whose output layout then sends it to the slow bf16 kernel.
-  y = jax.lax.optimization_barrier(y.reshape(-1)).reshape([size[c] for c in order])
-  return jnp.transpose(y, [order.index(c) for c in out])
-
-
-def _plain_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+def plain_dot(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  """einsum(spec, a, b) accumulated and returned in float32: one dot (`PORTABLE.dot`)."""
   return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _mixed_einsum(spec: str, dtype: Dtype, cpu_layout: bool, recast_b: bool, a: jax.Array,
+def _mixed_einsum(spec: str, dtype: Dtype, dot: Callable, recast_b: bool, a: jax.Array,
                   b: jax.Array) -> jax.Array:
-  dot = _canonical_einsum if cpu_layout else _plain_einsum
   return dot(spec, a.astype(dtype), b.astype(dtype))
 
 
-def _mixed_einsum_fwd(spec, dtype, cpu_layout, recast_b, a, b):
+def _mixed_einsum_fwd(spec, dtype, dot, recast_b, a, b):
   a_c, b_c = a.astype(dtype), b.astype(dtype)
-  out = (_canonical_einsum if cpu_layout else _plain_einsum)(spec, a_c, b_c)
+  out = dot(spec, a_c, b_c)
   # Residuals keep the original dtypes' zeros so the cotangents come back in them.
   return out, (a_c, b if recast_b else b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
 
 
-def _mixed_einsum_bwd(spec, dtype, cpu_layout, recast_b, res, g):
+def _mixed_einsum_bwd(spec, dtype, dot, recast_b, res, g):
   a_c, b_c, a_proto, b_proto = res
   b_c = b_c.astype(dtype)
-  dot = _canonical_einsum if cpu_layout else _plain_einsum
   spec_a, spec_b = _transpose_specs(spec)
   g_c = g.astype(dtype)
   da = dot(spec_a, g_c, b_c)
@@ -175,39 +143,13 @@ def _mixed_einsum_bwd(spec, dtype, cpu_layout, recast_b, res, g):
 _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 
-@jax.custom_vjp
-def _materialized_cotangent(x: jax.Array) -> jax.Array:
-  return x
-
-
-def _materialized_cotangent_fwd(x):
-  return x, None
-
-
-def _materialized_cotangent_bwd(_, g):
-  return (jax.lax.optimization_barrier(g),)
-
-
-_materialized_cotangent.defvjp(_materialized_cotangent_fwd, _materialized_cotangent_bwd)
-
-
-def cpu_cotangent_barrier(x: jax.Array) -> jax.Array:
-  """x, whose cotangent is materialised once in the backward pass (inside
-  `cpu_matmul_layout()` only; elsewhere x itself).
-
-  Without it XLA's CPU fusion recomputes the residual stream's cotangent, a long elementwise
-  chain back through every later block, inside each consumer (the transposed copies of the
-  weight gradients): quadratic in depth. A barrier on an unreshaped array keeps its sharding.
-  """
-  return _materialized_cotangent(x) if _cpu_layout_active() else x
-
-
 def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32,
            b_is_param: bool = False) -> jax.Array:
   """Einsum of two operands with inputs cast to `dtype` and a float32 result.
 
   Every index of an operand must appear in the other operand or in the output (true of every
-  matmul here), so that the backward pass is two einsums of the same kind.
+  matmul here), so that the backward pass is two einsums of the same kind. Below float32 each
+  of the three products is the active platform's `dot`.
 
   `b_is_param`: b is a parameter as stored (not reshaped or computed). Inside a scanned stack
   (`scanned_stack()`) the backward pass then casts it again instead of keeping its `dtype` copy:
@@ -216,9 +158,9 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32,
   than float32). Outside a scan the copy is an ordinary residual that XLA may keep or recompute.
   """
   if jnp.dtype(dtype) == jnp.dtype(F32):
-    return _plain_einsum(spec, a, b)
-  recast = b_is_param and getattr(_LAYOUT, "scanned", False)
-  return _mixed_einsum(spec, jnp.dtype(dtype), _cpu_layout_active(), recast, a, b)
+    return plain_dot(spec, a, b)
+  recast = b_is_param and bool(getattr(_TRACE, "scanned", None))
+  return _mixed_einsum(spec, jnp.dtype(dtype), platform_ops().dot, recast, a, b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,27 +272,43 @@ class TracedDropPath(nn.Module):
 
 
 def qkv_projection(x: jax.Array, w_qkv: jax.Array, dtype: Dtype) -> jax.Array:
-  """x [B, L, D] @ w_qkv [D, 3, H, Dh] -> [3, B, H, L, Dh] (float32).
+  """x [B, L, D] @ w_qkv [D, 3, H, Dh] -> [3, B, H, L, Dh] (float32): one einsum
+  (`PORTABLE.qkv_projection`)."""
+  return einsum("bld,dthk->tbhlk", x, w_qkv, dtype, b_is_param=True)
 
-  Inside `cpu_matmul_layout()`: one [B L, D] x [D, 3 H Dh] matmul in the natural layout,
-  materialised, then transposed head-major. XLA's CPU layout assignment otherwise computes it as
-  w^T x^T: a transposed copy of the kernel in every step (the frozen teacher's too), and a
-  weight gradient that AdamW reads transposed.
+
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array],
+                      dtype: Dtype, dropout: Optional[Callable[[jax.Array], jax.Array]] = None,
+                      return_probs: bool = False) -> tuple[jax.Array, Optional[jax.Array]]:
+  """Explicit softmax attention (`PORTABLE.attention`; the arguments as `PlatformOps` says).
+
+  q [B, H, Lq, Dh], k, v [B, H, Lk, Dh] -> (out [B, H, Lq, Dh], probs [B, H, Lq, Lk] or None).
+  Faster than jax.nn.dot_product_attention on CPU, and it gives the probabilities for free.
   """
-  if not _cpu_layout_active():
-    return einsum("bld,dthk->tbhlk", x, w_qkv, dtype, b_is_param=True)
-  b, l, d = x.shape
-  _, t, h, dh = w_qkv.shape
-  y = jax.lax.optimization_barrier(einsum("bld,dj->blj", x, w_qkv.reshape(d, t * h * dh), dtype))
-  return y.reshape(b, l, t, h, dh).transpose(2, 0, 3, 1, 4)
+  logits = einsum("bhqk,bhsk->bhqs", q * (q.shape[-1] ** -0.5), k, dtype)
+  if bias is not None:
+    logits = logits + bias
+  probs = jax.nn.softmax(logits, axis=-1)
+  dropped = probs if dropout is None else dropout(probs)
+  out = einsum("bhqs,bhsk->bhqk", dropped, v, dtype)
+  return out, (probs if return_probs else None)
+
+
+def identity(x: jax.Array) -> jax.Array:
+  return x
+
+
+PORTABLE = PlatformOps(name="portable", dot=plain_dot, qkv_projection=qkv_projection,
+                       block_input=identity, attention=softmax_attention)
 
 
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv kernel [D, 3, H, Dh].
 
-  Explicit softmax attention (faster than jax.nn.dot_product_attention on CPU, and it gives the
-  probabilities for free). `bias` is added to the logits: relative position bias, [H, L, L] or
-  [B, H, L, L]. Returns (out [B, L, D], probs [B, H, L, L] or None).
+  The projection and the attention are the active platform's (`PlatformOps.qkv_projection`,
+  `.attention`; by default one einsum and `softmax_attention`). `bias` is added to the logits:
+  relative position bias, [H, L, L] or [B, H, L, L]. Returns (out [B, L, D], probs [B, H, L, L]
+  or None).
   """
   num_heads: int
   qkv_bias: bool = True
@@ -370,28 +328,25 @@ class Attention(nn.Module):
     qkv_init = self.qkv_init or QKV_INIT
     w_qkv = self.param("qkv_kernel", partitioned(qkv_init, ("embed", None, "heads", "kv")),
                        (d, 3, h, dh), F32)
-    # Head-major [B, H, L, Dh] operands: jaxlib 0.10.2's CPU DotThunk rejects some backward
-    # dots of the [B, L, H, Dh] layout in bf16 (tests/test_layers.py pins the working form).
-    qkv = qkv_projection(x, w_qkv, self.dtype)
+    # Head-major q, k, v [B, H, L, Dh]: jaxlib 0.10.2's CPU DotThunk rejects some backward dots
+    # of the [B, L, H, Dh] layout in bf16 (tests/test_layers.py pins the working form).
+    ops = platform_ops()
+    qkv = ops.qkv_projection(x, w_qkv, self.dtype)
     if self.qkv_bias:
       qkv = qkv + self.param("qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")),
                              (3, h, dh), F32)[:, None, :, None]
     q, k, v = qkv[0], qkv[1], qkv[2]
     q = nn.with_logical_constraint(q, ("batch", "heads", "length", "kv"))
-    logits = einsum("bhqk,bhsk->bhqs", q * (dh ** -0.5), k, self.dtype)
-    if bias is not None:
-      logits = logits + bias
-    probs = jax.nn.softmax(logits, axis=-1)
-    dropped = probs
+    dropout = None
     if self.attn_drop > 0.0 and not deterministic:
-      dropped = nn.Dropout(self.attn_drop)(probs, deterministic=False)
-    out = einsum("bhqs,bhsk->bhqk", dropped, v, self.dtype)
+      dropout = functools.partial(nn.Dropout(self.attn_drop), deterministic=False)
+    out, probs = ops.attention(q, k, v, bias, self.dtype, dropout, return_probs)
     w_out = self.param("out_kernel", partitioned(
         lambda key, shape, dtype=F32: self.out_init(key, (d, d), dtype).reshape(shape),
         ("heads", "kv", "embed")), (h, dh, d), F32)
     y = einsum("bhqk,hkd->bqd", out, w_out, self.dtype, b_is_param=True)
     y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (d,), F32)
-    return y, (probs if return_probs else None)
+    return y, probs
 
 
 class Mlp(nn.Module):
@@ -415,6 +370,7 @@ class Mlp(nn.Module):
 class Block(nn.Module):
   """Pre-LN transformer block: x + DropPath(ls1 * Attn(LN(x))), then the same with the MLP.
 
+  x enters through the active platform's `block_input` (an identity by default: `PlatformOps`).
   Returns (x, attention probabilities or None).
   """
   num_heads: int
@@ -434,7 +390,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, bias: Optional[jax.Array] = None,
                deterministic: bool = True, return_probs: bool = False):
-    x = cpu_cotangent_barrier(x)
+    x = platform_ops().block_input(x)
     y, probs = Attention(self.num_heads, self.qkv_bias, self.dtype, self.attn_drop,
                          self.qkv_init, self.out_init, name="attn")(
                              LayerNorm(self.ln_eps, name="ln1")(x), bias, deterministic,
