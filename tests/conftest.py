@@ -30,6 +30,22 @@ def _save_hf_vit(path: str, **overrides) -> str:
   return path
 
 
+REQUIRE_TPU_ENV = "MIM_JAX_REQUIRE_TPU"
+
+
+@pytest.fixture
+def libtpu():
+  """For tests that compile for a TPU topology (libtpu, requirements-tpu.txt): skipped where
+  libtpu is not installed, a failure instead when MIM_JAX_REQUIRE_TPU=1 (CI sets it: .ci/run)."""
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    if os.environ.get(REQUIRE_TPU_ENV) == "1":
+      pytest.fail(f"{REQUIRE_TPU_ENV}=1 but libtpu cannot be imported ({e}): install "
+                  f"requirements-tpu.txt (MIM_JAX_EXTRAS=tpu bash launch/local.sh test).")
+    pytest.skip("TPU topologies need libtpu (requirements-tpu.txt)")
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_teacher_dir(tmp_path_factory):
   """A transformers ViTModel checkpoint (random weights, 16x16 images, patch 4, depth 2)."""
