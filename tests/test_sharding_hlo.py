@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import maskalign_b16_clip_b16
-from mim_jax import aot, teachers
+from mim_jax import aot, teachers, validate
 from mim_jax import step as step_lib
 
 # A gather's result: `%name = bf16[16,50,64]{...} all-gather(...)` (or a tuple of shapes), or
@@ -132,11 +132,14 @@ def test_a_flattened_activation_gather_is_found(tiny_vit_teacher_dir, monkeypatc
   assert flattened, gathers
 
 
-def test_accumulating_step_gathers_no_activations(tiny_vit_teacher_dir):
-  """optim.accumulate_steps=2: the micro-batches are strided views of each device's rows, so
-  neither the batch (40) nor a micro-batch (20) is ever gathered."""
+def test_accumulating_step_gathers_no_activations(tiny_vit_teacher_dir, tmp_path):
+  """optim.accumulate_steps=2: the micro-batches are strided views of each device's rows (6 rows,
+  3 per micro-batch), so no activation is gathered. (A batch of 40, which the run refuses, has 5
+  rows per device and made XLA gather [6, N, D] activations of every block: the search for 40
+  or 20 in a shape had not seen them.)"""
   config = config_for(tiny_vit_teacher_dir, "bfloat16", data=2, fsdp=4)
-  config.batch_size, config.optim.accumulate_steps = 40, 2
+  config.batch_size, config.optim.accumulate_steps = 48, 2
+  validate.check(config, str(tmp_path / "run"))  # a batch the run accepts
   result = aot.compile_step(config, aot.cpu_devices(8))
   hlo = result.compiled.as_text()
   assert not activation_gathers(hlo, parameter_sizes(result))
