@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks import step_speed  # noqa: E402
-from mim_jax import step as step_lib, teachers, train  # noqa: E402
+from mim_jax import assembly, step as step_lib, teachers  # noqa: E402
 
 LOSS_RTOL = 1e-4
 GRAD_REL_L2 = 1e-3
@@ -133,7 +133,7 @@ def make_teacher(config, spec: str) -> teachers.Teacher:
   if spec in teachers.KNOWN:
     return step_speed.random_teacher(config, spec)
   config.teacher.spec = spec
-  return train.load_teacher(config)
+  return assembly.load_teacher(config)
 
 
 def run(platforms: list[str], batch: int, config_arg: Optional[str], teacher_spec: str

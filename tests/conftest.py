@@ -30,6 +30,22 @@ def _save_hf_vit(path: str, **overrides) -> str:
   return path
 
 
+REQUIRE_TPU_ENV = "MIM_JAX_REQUIRE_TPU"
+
+
+@pytest.fixture
+def libtpu():
+  """For tests that compile for a TPU topology (libtpu, requirements-tpu.txt): skipped where
+  libtpu is not installed, a failure instead when MIM_JAX_REQUIRE_TPU=1 (CI sets it: .ci/run)."""
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    if os.environ.get(REQUIRE_TPU_ENV) == "1":
+      pytest.fail(f"{REQUIRE_TPU_ENV}=1 but libtpu cannot be imported ({e}): install "
+                  f"requirements-tpu.txt (MIM_JAX_EXTRAS=tpu bash launch/local.sh test).")
+    pytest.skip("TPU topologies need libtpu (requirements-tpu.txt)")
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_teacher_dir(tmp_path_factory):
   """A transformers ViTModel checkpoint (random weights, 16x16 images, patch 4, depth 2)."""
@@ -106,4 +122,52 @@ def train_on_batch():
       losses.append(float(metrics["loss"]))
     return losses, metrics, fn
 
+  return run
+
+
+@pytest.fixture(scope="session")
+def runlocal_run(tmp_path_factory):
+  """runlocal_run(name) -> LocalRun: configs/<name>.py:runlocal=True through the real loop on the
+  digits data, 16 steps at a constant lr of 2e-3 with the kNN evaluation at the last step, its
+  teacher the demo's own (trained on first use into a session cache), its config a
+  `config_reads.ReadRecorder`. Once per config and session: tests/test_configs.py checks the
+  training, tests/test_config_keys.py the keys it read."""
+  import dataclasses
+  import importlib
+  import json
+  from unittest import mock
+  from mim_jax import demo, train
+  from tests import config_reads
+
+  @dataclasses.dataclass(frozen=True)
+  class LocalRun:
+    method: str
+    step: int
+    checkpoints: list
+    losses: list
+    reads: frozenset
+
+  cache_dir = str(tmp_path_factory.mktemp("demo_cache"))
+  runs = {}
+
+  def run(name):
+    if name not in runs:
+      c = importlib.import_module(f"configs.{name}").get_config("runlocal=True")
+      c.total_steps, c.warmup_steps, c.warmup_percent = 16, 0, None
+      c.optim.lr, c.optim.schedule = 2e-3, "constant"
+      c.log_every, c.checkpoint_every, c.eval.every = 1, 16, 16
+      workdir = tmp_path_factory.mktemp(f"runlocal_{name}")
+      with mock.patch.dict(os.environ, MIM_JAX_CACHE=cache_dir):
+        c = demo.resolve_teachers(c)  # as main does: the loop sees the teacher's directory
+        c, reads = config_reads.recorded(c)
+        with config_reads.validation_unrecorded():
+          result = train.train_and_evaluate(c, str(workdir))
+      with open(workdir / "metrics.jsonl") as f:
+        losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+      runs[name] = LocalRun(method=c.method, step=int(result.state.step),
+                            checkpoints=sorted(os.listdir(workdir / "checkpoints")),
+                            losses=losses, reads=frozenset(reads.keys))
+    return runs[name]
+
+  run.cache_dir = cache_dir  # the demo teacher's, for other uses of the same teacher
   return run

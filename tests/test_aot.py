@@ -105,8 +105,8 @@ def test_command_line_exits_non_zero_when_out_of_memory(tiny_vit_teacher_dir):
       "error: Bad topology 'v5e-256'")
 
 
+@pytest.mark.usefixtures("libtpu")
 def test_tpu_topology_compiles_without_a_tpu(tiny_vit_teacher_dir):
-  pytest.importorskip("libtpu", reason="TPU topologies need libtpu (requirements-tpu.txt)")
   devices = aot.tpu_devices("v5e:2x2")
   assert len(devices) == 4 and aot.hbm_gib(devices) == 16
   result = aot.compile_step(tiny_config(tiny_vit_teacher_dir), devices)
@@ -115,8 +115,8 @@ def test_tpu_topology_compiles_without_a_tpu(tiny_vit_teacher_dir):
   assert fits and "TPU v5 lite x 4 devices" in text
 
 
+@pytest.mark.usefixtures("libtpu")
 def test_tpu_compiler_refusing_the_step_is_out_of_memory(tiny_vit_teacher_dir):
-  pytest.importorskip("libtpu", reason="TPU topologies need libtpu (requirements-tpu.txt)")
   config = tiny_config(tiny_vit_teacher_dir)
   config.batch_size = 2**20  # ~77 GiB of activations on one v5e chip (16 GiB)
   with pytest.raises(aot.CompilerOutOfMemory, match="RESOURCE_EXHAUSTED"):
@@ -169,8 +169,8 @@ def test_sweep_doubles_the_batch_until_the_first_out_of_memory():
   assert "  full              1     128        16    1.00   OUT OF MEMORY at 256" in text
 
 
+@pytest.mark.usefixtures("libtpu")
 def test_mesh_that_needs_split_physical_axes_names_the_option():
-  pytest.importorskip("libtpu", reason="TPU topologies need libtpu (requirements-tpu.txt)")
   devices = aot.tpu_devices("v5p:4x4x4")  # 64 chips: an axis of 8 splits a physical axis of 4
   with pytest.raises(ValueError, match=r"set mesh.allow_split_physical_axes=True .* fsdp may be "
                                        r"any of \[1, 2, 4, 8, 16, 32, 64\]"):

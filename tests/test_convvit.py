@@ -90,30 +90,80 @@ def test_output_contract_mean_token_and_attention():
   np.testing.assert_allclose(attn[:, :, 0, 1:], attn[:, :, 1:, 1:].mean(2), atol=1e-6)
 
 
+# ConvMAE-B's encoder as its public code builds it (models_convmae.py,
+# `convmae_convvit_base_patch16_dec512d8b`: img_size [224, 56, 28], patch_size [4, 2, 2],
+# embed_dim [256, 384, 768], depth [2, 2, 11], mlp_ratio 4; vision_transformer.py: PatchEmbed =
+# Conv2d(k = stride = patch) + LayerNorm, CBlock = LayerNorm, 1x1 conv, depthwise 5x5 conv
+# (groups = dim), 1x1 conv, LayerNorm, CMlp of two 1x1 convs; Block = timm's ViT block with
+# qkv_bias=True): each module's PyTorch tensor shapes, written from those definitions.
+def _conv(cin, cout, k, groups=1):
+  return [(cout, cin // groups, k, k), (cout,)]
+
+
+def _ln(c):
+  return [(c,), (c,)]
+
+
+def _linear(cin, cout):
+  return [(cout, cin), (cout,)]
+
+
+def _patch_embed(cin, cout, k):
+  return _conv(cin, cout, k) + _ln(cout)
+
+
+def _cblock(c):
+  return (_ln(c) + _conv(c, c, 1) + _conv(c, c, 1) + _conv(c, c, 5, groups=c) + _ln(c)
+          + _conv(c, 4 * c, 1) + _conv(4 * c, c, 1))
+
+
+def _block(c):
+  return (_ln(c) + _linear(c, 3 * c) + _linear(c, c) + _ln(c) + _linear(c, 4 * c)
+          + _linear(4 * c, c))
+
+
+CONVMAE_B_ENCODER = {
+    "patch_embed1": _patch_embed(3, 256, 4), "patch_embed2": _patch_embed(256, 384, 2),
+    "patch_embed3": _patch_embed(384, 768, 2), "patch_embed4": _linear(768, 768),
+    **{f"blocks1.{i}": _cblock(256) for i in range(2)},
+    **{f"blocks2.{i}": _cblock(384) for i in range(2)},
+    **{f"blocks3.{i}": _block(768) for i in range(11)},
+    "norm": _ln(768),
+    # the pretraining encoder's stage skips (forward_encoder adds them before `norm`)
+    "stage1_output_decode": _conv(256, 768, 4), "stage2_output_decode": _conv(384, 768, 2),
+}
+# ConvMAE's module -> ours (mim_jax/models/convvit.py).
+OURS = {"patch_embed1": "patch_embed1", "patch_embed2": "patch_embed2",
+        "patch_embed3": "patch_embed3", "patch_embed4": "patch_embed4", "norm": "norm",
+        **{f"blocks1.{i}": f"conv1_block{i}" for i in range(2)},
+        **{f"blocks2.{i}": f"conv2_block{i}" for i in range(2)},
+        **{f"blocks3.{i}": f"block{i}" for i in range(11)},
+        "stage1_output_decode": "skip1", "stage2_output_decode": "skip2"}
+
+
+def tensor_sizes(shapes) -> list[int]:
+  return sorted(int(np.prod(s)) for s in shapes)
+
+
 def test_base_parameter_count_matches_convmae():
-  """ConvMAE-B: 88M parameters (ConvMAE README / paper Table 1, MR-MAE Table 1 "CViT-B 88").
-  Counted from the shapes alone (jax.eval_shape: nothing materialised). The exact figures follow
-  from ConvMAE's modules (models_convmae.py, vision_transformer.py): stem convs + LN, 2 CBlocks
-  of 256, 2 of 384, 11 ViT blocks of 768, patch_embed4, final norm (84,455,296); the pretraining
-  encoder adds the two stage-skip convs (256*768*16 + 768 and 384*768*4 + 768): 88,782,208,
-  the published 88M. The fine-tuning model (models_convvit.py, global pool) instead has a
-  learned pos_embed (196 x 768), fc_norm in place of norm and a 1000-class head: 85,374,824
-  (the published column rounds every base model of that table to 88M, MAE's 86.6M ViT-B too)."""
-  def cblock(c):
-    return 4 * c + 2 * (c * c + c) + 25 * c + c + 2 * (4 * c * c) + 4 * c + c
-  stem = (4 * 4 * 3 * 256 + 256 + 512) + (2 * 2 * 256 * 384 + 384 + 768) + (
-      2 * 2 * 384 * 768 + 768 + 1536)
-  vit_block = 4 * 768 + (768 * 3 * 768 + 3 * 768) + (768 * 768 + 768) + 2 * 768 * 3072 + 3072 + 768
-  backbone = (stem + 2 * cblock(256) + 2 * cblock(384) + 11 * vit_block + (768 * 768 + 768) +
-              2 * 768)
-  assert backbone == 84_455_296
-  model = ConvViT.from_variant("ConvB/16")
-  assert param_count(model, 224) == backbone
-  pretrain = param_count(model.clone(stage_skips=True), 224)
-  assert pretrain == backbone + (256 * 768 * 16 + 768) + (384 * 768 * 4 + 768) == 88_782_208
-  assert int(pretrain / 1e6) == 88
-  finetune = backbone + 196 * 768 + 1000 * 768 + 1000  # + pos_embed + head (fc_norm = norm)
-  assert finetune == 85_374_824
+  """Our ConvB/16, counted from its own parameter shapes (jax.eval_shape of init), has ConvMAE-B's
+  tensors module by module (the element count of every tensor; layouts differ), and the
+  pretraining encoder's total is the published 88M (ConvMAE paper / README; MR-MAE Table 1,
+  "CViT-B 88"). The fine-tuning ConvViT (vision_transformer.py) adds a learned pos_embed and a
+  head, which the student has not (MAE's fixed sin-cos table, heads live in the objectives)."""
+  model = ConvViT.from_variant("ConvB/16").clone(stage_skips=True)
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0),
+                                   jnp.zeros((1, 224, 224, 3))))["params"]
+  assert set(shapes) == set(OURS.values())
+  for theirs, ours in OURS.items():
+    assert tensor_sizes(x.shape for x in jax.tree.leaves(shapes[ours])) == tensor_sizes(
+        CONVMAE_B_ENCODER[theirs]), (theirs, ours)
+  total = sum(int(np.prod(s)) for shapes_ in CONVMAE_B_ENCODER.values() for s in shapes_)
+  assert param_count(model, 224) == total == 88_782_208
+  assert int(total / 1e6) == 88  # the published 88M: 88.78M, truncated
+  skips = CONVMAE_B_ENCODER["stage1_output_decode"] + CONVMAE_B_ENCODER["stage2_output_decode"]
+  assert param_count(model.clone(stage_skips=False), 224) == total - sum(
+      int(np.prod(s)) for s in skips) == 84_455_296
 
 
 def test_every_hybrid_size_is_pinned():

@@ -1,8 +1,10 @@
 """`mim_jax.teachers.load`: refusals that name what they refuse, and resolution of names."""
+import dataclasses
 import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -101,10 +103,21 @@ def test_unsupported_config_value_is_named(vit_dir, tmp_path, field, value):
 
 
 def test_ignored_fields_are_accepted(vit_dir, tmp_path):
+  """Fields that do not matter to a frozen teacher load, and change nothing: the same
+  architecture, normalisation, weights and outputs as the checkpoint without them."""
   d = copy_of(vit_dir, tmp_path / "ckpt")
-  edit_config(d, encoder_stride=32, hidden_dropout_prob=0.1, torch_dtype="float32",
-              _name_or_path="x", id2label={"0": "a"})
-  teachers.load(str(d))
+  edit_config(d, encoder_stride=32, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+              torch_dtype="float32", _name_or_path="x", id2label={"0": "a"})
+  plain, loaded = teachers.load(str(vit_dir)), teachers.load(str(d))
+  assert dataclasses.replace(loaded, name=plain.name) == plain  # arch, mean, std, dtype
+  assert jax.tree.structure(loaded.params) == jax.tree.structure(plain.params)
+  for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(plain.params)):
+    np.testing.assert_array_equal(a, b)
+  images = testing.student_images(2, 32)
+  want, got = plain(images, attn_layers=(0, 1)), loaded(images, attn_layers=(0, 1))
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_preprocessor_config_sets_mean_std(vit_dir, tmp_path):

@@ -249,10 +249,25 @@ def test_mid_depth_is_checked(images):
     init(model, images, mid_mask=jnp.zeros((2, 16)), mid_depth=4)
 
 
+def saved_for_backward(model, x) -> int:
+  """Bytes the forward pass keeps for the backward pass: the residuals `jax.vjp` closes over
+  (activations, and the parameters the backward matmuls read), from shapes alone. This is
+  backend-independent; XLA:CPU's compiled memory cannot show remat: it drops the optimisation
+  barriers and CSE merges the recomputation back (measured: equal `temp_size_in_bytes` of the
+  jitted loss and gradient for "none" and "full")."""
+  params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(1), x))["params"])
+
+  def loss(p):
+    return jnp.mean(model.apply({"params": p}, x)[0] ** 2)
+  residuals = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], params)
+  return sum(r.size * r.dtype.itemsize for r in jax.tree.leaves(residuals))
+
+
 @pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
 def test_remat_changes_memory_not_numbers(remat):
-  """Every remat policy gives the plain student's loss and gradients (same parameter tree). (The
-  memory it saves is measured where it is meant to work: tests/test_sharding_hlo.py, TPU.)"""
+  """Every remat policy gives the plain student's loss and gradients (same parameter tree), and
+  keeps fewer bytes for the backward pass, unscanned and scanned; "full" keeps the fewest (the
+  blocks' inputs)."""
   kw = dict(patch=4, width=32, depth=3, num_heads=2, mlp_dim=64, image_size=16)
   plain, rematted = ViT(**kw), ViT(remat=remat, **kw)
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
@@ -264,6 +279,13 @@ def test_remat_changes_memory_not_numbers(remat):
   (l0, g0), (l1, g1) = loss(plain)(params), loss(rematted)(params)
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
   chex.assert_trees_all_close(g1, g0, rtol=1e-5, atol=1e-7)
+
+  for scan in (False, True):
+    saved = {r: saved_for_backward(ViT(remat=r, scan=scan, **kw), x)
+             for r in ("none", "full", remat)}
+    # measured, both layouts: none 1.36 MB, dots 0.67, dots_no_batch 0.56, full 0.25
+    assert saved[remat] < 0.6 * saved["none"], (scan, saved)
+    assert saved["full"] <= saved[remat] and saved["full"] < 0.25 * saved["none"], (scan, saved)
 
 
 def test_unknown_remat_is_refused():

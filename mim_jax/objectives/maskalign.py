@@ -76,13 +76,19 @@ class Adaptor(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, L, Ds] -> [B, L, features]. Both stay sharded along the batch: unconstrained,
+    XLA may gather the output's cotangent over fsdp in the backward pass (it did, as a
+    flattened [B * L, features] array, where the activations weigh less than the kernel)."""
+    x = nn.with_logical_constraint(x, ("batch", "length", None))
     if self.kind == "linear":
-      return layers.Dense(self.features, dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
-    if self.kind == "mlp":
-      x = layers.Dense(x.shape[-1], dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
-      x = layers.activation("gelu")(x)
-      return layers.Dense(self.features, dtype=self.dtype, kernel_axes=("mlp", "embed"))(x)
-    raise ValueError(f"Unknown adaptor {self.kind!r}: use 'linear' or 'mlp'.")
+      y = layers.Dense(self.features, dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
+    elif self.kind == "mlp":
+      h = layers.Dense(x.shape[-1], dtype=self.dtype, kernel_axes=("embed", "mlp"))(x)
+      h = layers.activation("gelu")(h)
+      y = layers.Dense(self.features, dtype=self.dtype, kernel_axes=("mlp", "embed"))(h)
+    else:
+      raise ValueError(f"Unknown adaptor {self.kind!r}: use 'linear' or 'mlp'.")
+    return nn.with_logical_constraint(y, ("batch", "length", None))
 
 
 class MaskAlignModel(nn.Module):
