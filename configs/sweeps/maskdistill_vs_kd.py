@@ -12,6 +12,8 @@ from typing import Any
 
 CONFIG = "configs/maskdistill_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "maskdistill"  # configs/finetune.py
 _KD = {"mask.kind": "none", "mask.ratio": 0.0, "objective.loss_on": "all"}
 _MD = {"mask.kind": "block", "mask.ratio": 0.4, "objective.loss_on": "masked"}
 _B = {"student.variant": "B/16", "student.drop_path": 0.1, "student.layer_scale": 0.1}
