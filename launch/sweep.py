@@ -324,9 +324,13 @@ def last_step(workdir: str) -> Optional[int]:
   return steps[-1] if steps else None
 
 
-def progress(stage: Stage) -> tuple[Optional[int], int]:
-  """(the stage's last saved step or None, its last step) for the config its argv trains."""
-  return last_step(stage.workdir), total_steps(resolved_config(stage.argv[3:]))
+def finished_step(stage: Stage) -> Optional[int]:
+  """The stage's last saved step when it is its last step (the config its argv trains), else
+  None (the last step is only worked out when there is a checkpoint to compare it with)."""
+  step = last_step(stage.workdir)
+  if step is None or step < total_steps(resolved_config(stage.argv[3:])):
+    return None
+  return step
 
 
 def _run(argv: Sequence[str]) -> int:
@@ -343,16 +347,16 @@ def run_pipeline(pipeline: Pipeline, log=print) -> bool:
     log(f"  {stages[0].kind}: done (the {stages[-1].kind} started from it)")
     stages = stages[1:]
   for stage in stages:
-    step, total = progress(stage)
-    if step is not None and step >= total:
-      log(f"  {stage.kind}: done (step {step} of {total}) in {stage.workdir}")
+    step = finished_step(stage)
+    if step is not None:
+      log(f"  {stage.kind}: done (step {step}, its last) in {stage.workdir}")
       continue
+    step = last_step(stage.workdir)
     log(f"  {stage.kind}: {'resuming from step ' + str(step) if step else 'starting'}: "
         f"{shlex.join(stage.argv)}", flush=True)
     code = _run(stage.argv)
-    step, total = progress(stage)
-    if code or step is None or step < total:
-      why = f"exit status {code}" if code else f"stopped at step {step} of {total}"
+    if code or finished_step(stage) is None:
+      why = f"exit status {code}" if code else f"stopped at step {last_step(stage.workdir)}"
       log(f"  {stage.kind}: not finished ({why}); the same command resumes it", flush=True)
       return False
   return True

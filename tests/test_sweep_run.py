@@ -159,19 +159,20 @@ def test_run_then_summarize_reads_what_the_runs_wrote(tmp_path, tiny_vit_teacher
   assert os.path.getsize(os.path.join(work, "losses.png")) > 5000
 
   # A fine-tune asked for more steps resumes from its checkpoint; the finished pretraining
-  # is not entered again (its metrics.jsonl is not appended to).
-  before = os.path.getsize(os.path.join(rows[1], "metrics.jsonl"))
+  # is not entered again (every attempt of a run rewrites its config.json first).
+  written = lambda d: os.stat(os.path.join(d, "config.json")).st_mtime_ns
+  before = written(rows[1]), written(os.path.join(rows[1], "finetune"))
   code, out, err = sweep_cli("--sweep", path, "--workdir", work, "--run", "--only", "top_k=1",
                              "--eval_args=--config.total_steps=4", "--", teacher)
   assert code == 0, err[-3000:]
   assert "pretraining: done (the finetune started from it)" in out
   assert "finetune: resuming from step 2" in out
-  assert os.path.getsize(os.path.join(rows[1], "metrics.jsonl")) == before
+  assert written(rows[1]) == before[0] and written(os.path.join(rows[1], "finetune")) > before[1]
   assert sorted(os.listdir(os.path.join(rows[1], "finetune", "checkpoints")))[-1] == "4"
   # Nothing left to do: both stages are skipped.
   code, out, err = sweep_cli("--sweep", path, "--workdir", work, "--run", "--only", "top_k=1",
                              "--eval_args=--config.total_steps=4", "--", teacher)
-  assert code == 0 and "finetune: done (step 4 of 4)" in out and "starting" not in out
+  assert code == 0 and "finetune: done (step 4, its last)" in out and "starting" not in out
 
 
 @pytest.mark.slow
@@ -196,10 +197,14 @@ def test_seeds_give_mean_and_spread(tmp_path, tiny_vit_teacher_dir):
   assert shown_mean == pytest.approx(mean, rel=1e-3) and shown_sd == pytest.approx(sd, rel=0.05)
 
 
-def test_a_stage_knows_its_last_step_from_its_own_arguments():
-  """The step a stage must reach is the config its command trains, overrides included."""
-  stage = sweep_lib.Stage("finetune", "nowhere", (
+def test_a_stage_knows_its_last_step_from_its_own_arguments(tmp_path):
+  """A stage has finished when its last checkpoint is the last step of the config its command
+  trains, overrides included."""
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+  (tmp_path / "checkpoints" / "2").mkdir()
+  stage = sweep_lib.Stage("finetune", str(tmp_path), (
       "python", "-m", "mim_jax.main", "--config", "configs/finetune.py:recipe=maskalign,runlocal=True",
-      "--workdir", "nowhere", "--config.total_steps=7", "--config.init_from=x"))
-  assert sweep_lib.progress(stage) == (None, 7)
-  assert sweep_lib.progress(stage._replace(argv=stage.argv[:-2])) == (None, 4)
+      "--workdir", str(tmp_path), "--config.total_steps=7", "--config.init_from=x"))
+  assert sweep_lib.finished_step(stage) is None  # step 4 of 7
+  assert sweep_lib.finished_step(stage._replace(argv=stage.argv[:-2])) == 4  # runlocal: 4 steps
+  assert sweep_lib.finished_step(stage._replace(workdir=str(tmp_path / "none"))) is None
