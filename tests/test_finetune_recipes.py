@@ -171,3 +171,22 @@ def test_a_clip_tower_fine_tunes_with_its_first_blocks_frozen(tmp_path):
                               "pre_norm/"))
     # (the final norm gets no gradient under average pooling: it stays as loaded)
     assert np.array_equal(value, loaded[name]) == frozen or name.startswith("norm/"), name
+
+
+@pytest.mark.parametrize("sweep_file", ["mrmae_tricks.py", "mrmae_methods.py"])
+def test_mrmae_sweeps_run_their_mae_rows_with_mrmae_s_recipe(sweep_file):
+  """MR-MAE's Section 4.1 ("Experiment Setups"): batch 1024, peak lr 1.5e-4, warmup 80 of 400
+  epochs; the MAE rows (mimic weight 0) are trained with it too, not with MAE's own recipe
+  (configs/mae_b16.py: batch 4096, peak 2.4e-3, 40 warmup epochs)."""
+  from mim_jax.tools import config_file  # pylint: disable=import-outside-toplevel
+  module = config_file.load_module(f"configs/sweeps/{sweep_file}")
+  mae_rows = [p for p in module.sweep() if p["objective.mimic_weight"] == 0.0]
+  assert mae_rows
+  for point in mae_rows:
+    c = config_file.load(module.CONFIG)
+    for key, value in point.items():
+      parent, _, leaf = key.rpartition(".")
+      (config_file.get_dotted(c, parent) if parent else c)[leaf] = value
+    assert c.batch_size == 1024 and c.warmup_percent == 0.2 and c.warmup_epochs is None
+    assert optim.peak_lr(c.optim, c.batch_size) == pytest.approx(1.5e-4, rel=1e-9)
+    assert (c.objective.mimic_weight, c.objective.recon_weight) == (0.0, 1.0)
