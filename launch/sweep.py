@@ -393,6 +393,8 @@ def print_lines(args: argparse.Namespace, pipelines_: Sequence[Pipeline],
 # The summary.
 # --------------------------------------------------------------------------------------------
 TOP1_TITLES = {"finetune": "fine-tune top-1", "probe": "linear probe top-1", "run": "top-1"}
+# The summary's key of the number each evaluation gives.
+OWN_KEY = {"finetune": "top1", "probe": "top1", "run": "top1", "knn": "knn", "loss": "loss"}
 
 
 def seed_dirs(row_dir: str, seeds: Optional[Sequence[int]] = None) -> list[str]:
@@ -479,10 +481,10 @@ class RowSummary(NamedTuple):
 
 
 def summarize_row(name: str, dirs: Sequence[str], evaluation: str) -> RowSummary:
-  """Mean and spread of each metric over the row's runs; the evaluation's top-1 (and the loss of
-  a pretraining-only sweep) over the finished runs only."""
+  """Mean and spread of each metric over the row's runs; the sweep's own number (OWN_KEY) over
+  the runs not known to be unfinished only."""
   runs = [run_metrics(d, evaluation) for d in dirs]
-  final_key = "top1" if EVALUATIONS[evaluation] is not None else "loss"
+  final_key = OWN_KEY[evaluation]
   values = {}
   for key in ("loss", "knn", "top1"):
     got = [r[key] for r in runs if key in r and (key != final_key or r["done"] is not False)]
@@ -504,9 +506,8 @@ def summary_table(rows: Sequence[RowSummary], evaluation: str, metric: str,
                   paper: Sequence[Optional[float]]) -> str:
   """Markdown: one line per row, its finished runs, the metric columns any row has (the
   evaluation's own always), then the paper's number."""
-  own = "top1" if evaluation in TOP1_TITLES else "loss"
   shown = [(k, t) for k, t in columns(evaluation)
-           if k == own or any(r.values[k][0] is not None for r in rows)]
+           if k == OWN_KEY[evaluation] or any(r.values[k][0] is not None for r in rows)]
   head = ["run", "runs done"] + [t for _, t in shown] + [f"paper: {metric}" if metric else "paper"]
   lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   for row, number in zip(rows, paper):
