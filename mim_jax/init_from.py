@@ -302,7 +302,7 @@ def _check_clip_architecture(arch: Any, vit: Any, source: Source) -> None:
   """The student must compute what CLIP computes, up to the exactly mapped differences."""
   want = {"act": arch.act, "ln_eps": arch.ln_eps, "pre_norm": arch.pre_norm,
           "posemb": "learned"}
-  have = {k: getattr(vit, k) for k in want}
+  have = {k: getattr(vit, k, None) for k in want}  # (a hybrid student has none of them)
   wrong = {k: v for k, v in want.items() if have[k] != v}
   if wrong:
     raise InitFromError(
