@@ -199,8 +199,8 @@ def plot_sweep(names: Sequence[str], ours: Mapping[str, Sequence[Optional[float]
       hi = max(v + h for v, h in zip(vals, half))
       pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
       ax.set_xlim(lo - pad, hi + pad)  # the differences between rows are what matters
-      for i, v in known:
-        ax.text(v, i, f" {v:.4g}", va="center", fontsize="small")
+      for (i, v), h in zip(known, half):  # the label right of the error bar
+        ax.text(v + h, i, f" {v:.4g}", va="center", fontsize="small")
     ax.set_title(title, fontsize="small")
     ax.grid(True, axis="x", alpha=0.3)
   axes[0, 0].set_yticks(rows)
