@@ -202,9 +202,10 @@ def test_a_stage_knows_its_last_step_from_its_own_arguments(tmp_path):
   trains, overrides included."""
   (tmp_path / "checkpoints" / "4").mkdir(parents=True)
   (tmp_path / "checkpoints" / "2").mkdir()
+  config = "configs/finetune.py:recipe=maskalign,runlocal=True"
   stage = sweep_lib.Stage("finetune", str(tmp_path), (
-      "python", "-m", "mim_jax.main", "--config", "configs/finetune.py:recipe=maskalign,runlocal=True",
-      "--workdir", str(tmp_path), "--config.total_steps=7", "--config.init_from=x"))
+      "python", "-m", "mim_jax.main", "--config", config, "--workdir", str(tmp_path),
+      "--config.total_steps=7", "--config.init_from=x"))
   assert sweep_lib.finished_step(stage) is None  # step 4 of 7
   assert sweep_lib.finished_step(stage._replace(argv=stage.argv[:-2])) == 4  # runlocal: 4 steps
   assert sweep_lib.finished_step(stage._replace(workdir=str(tmp_path / "none"))) is None

@@ -13,19 +13,14 @@ column is not a run of this codebase.
 """
 from typing import Any
 
+from configs.sweeps.maskdistill_vs_kd import B16, H14, L16
+
 CONFIG = "configs/maskdistill_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
 EVALUATION = "finetune"
 RECIPE = "maskdistill"  # configs/finetune.py
 _TEACHER = {"teacher.spec": "clip_l14", "teacher.resize_to_student": True, "total_epochs": 300.0}
-ROWS = [
-    ({"student.variant": "B/16", "student.drop_path": 0.1, "student.layer_scale": 0.1,
-      **_TEACHER}, 85.3),
-    ({"student.variant": "L/16", "student.drop_path": 0.2, "student.layer_scale": 1e-5,
-      **_TEACHER}, 87.6),
-    ({"student.variant": "H/14", "student.drop_path": 0.25, "student.layer_scale": 1e-5,
-      **_TEACHER}, 88.3),
-]
+ROWS = [({**B16, **_TEACHER}, 85.3), ({**L16, **_TEACHER}, 87.6), ({**H14, **_TEACHER}, 88.3)]
 
 
 def sweep() -> list[dict[str, Any]]:

@@ -16,20 +16,20 @@ BEiT v2, MILAN) and its ADE20k column is not a run of this codebase.
 """
 from typing import Any
 
+from configs.sweeps.maskdistill_vs_kd import B16, L16
+
 CONFIG = "configs/maskdistill_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
 EVALUATION = "finetune"
 RECIPE = "maskdistill"  # configs/finetune.py
 _ABS = {"student.rel_pos": "none", "student.posemb": "learned"}
 _REL = {"student.rel_pos": "shared", "student.posemb": "none"}
-_B = {"student.variant": "B/16", "student.drop_path": 0.1, "student.layer_scale": 0.1}
-_L = {"student.variant": "L/16", "student.drop_path": 0.2, "student.layer_scale": 1e-5}
 ROWS = [
-    ({**_B, **_ABS, "total_epochs": 300.0}, 84.9),
-    ({**_B, **_REL, "total_epochs": 300.0}, 85.0),
-    ({**_B, **_REL, "total_epochs": 800.0}, 85.5),
-    ({**_L, **_REL, "total_epochs": 300.0}, 86.8),
-    ({**_L, **_REL, "total_epochs": 800.0}, 87.1),
+    ({**B16, **_ABS, "total_epochs": 300.0}, 84.9),
+    ({**B16, **_REL, "total_epochs": 300.0}, 85.0),
+    ({**B16, **_REL, "total_epochs": 800.0}, 85.5),
+    ({**L16, **_REL, "total_epochs": 300.0}, 86.8),
+    ({**L16, **_REL, "total_epochs": 800.0}, 87.1),
 ]
 
 
