@@ -12,7 +12,7 @@ blocks 4, 8 and 12 (indices 3, 7, 11). Plain MR-MAE (84.7): --config.mask.kind=r
 lr 1.5e-4, weight decay 0.05, cosine to 0, warmup 20% (the paper's 80 of 400 epochs), no drop
 path, RandomResizedCrop(224, 0.2-1) + flip, decoder 512 x 8, target as MAE's.
 
-Several teachers mimicked jointly (Table 4's "CLIP/DINO (Joint)": one mimic head per teacher,
+Several teachers mimicked jointly (Figure 4's "CLIP/DINO (Joint)": one mimic head per teacher,
 the mimic terms summed; focused masks from the first teacher's attention unless
 --config.teacher.attention_from=1):
   python -m mim_jax.main --config configs/mrmae_b16_clip_b16.py:teacher=clip_b16+dino_b16 ...

@@ -48,6 +48,9 @@ def base(method: str) -> ml_collections.ConfigDict:
                                              rel_pos="none", weight_init="mae", remat="none",
                                              scan=False, stage_skips=False))
   c.student.layer_scale = ml_collections.FieldReference(None, field_type=float)
+  # A student started from a CLIP vision tower (init_from) has CLIP's MLP activation
+  # ("quick_gelu"), LayerNorm epsilon (1e-5) and LayerNorm before the first block (pre_norm).
+  c.student.act, c.student.ln_eps, c.student.pre_norm = "gelu", 1e-6, False
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
   # None for methods without a teacher. Several teachers (MR-MAE's joint mimicking only):
   # comma-separated, "clip_b16,dino_b16" (the field stays a str, so one spec and every override

@@ -121,6 +121,11 @@ def check_student(params: Params, vit: ViT) -> None:
   if getattr(vit, "rel_pos", "none") != "none":
     raise ValueError(f"Cannot export rel_pos={vit.rel_pos!r}: transformers' ViTModel and timm's "
                      "VisionTransformer have absolute position embeddings only.")
+  clip_like = {k: getattr(vit, k) for k, v in (("act", "gelu"), ("ln_eps", LN_EPS),
+                                                ("pre_norm", False)) if getattr(vit, k, v) != v}
+  if clip_like:
+    raise ValueError(f"Cannot export a student with {clip_like}: the ViTModel / timm export "
+                     f"writes GELU, LayerNorm eps {LN_EPS} and no pre-norm.")
   want = {"patch_embed", "cls", "norm"} | {f"block{i}" for i in range(vit.depth)}
   if vit.posemb == "learned":
     want.add("pos_embedding")

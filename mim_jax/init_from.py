@@ -5,6 +5,10 @@ Sources (`spec`):
   <workdir>:<step> that step's checkpoint (only `params["student"]` is taken);
   <directory>      a transformers `ViTModel` / `ViTMAEModel` / `BeitModel` (or their task
                    models') checkpoint: config.json + model.safetensors / pytorch_model.bin;
+                   or a CLIP vision tower (`CLIPVisionModel`, `...WithProjection`, or the
+                   vision half of a `CLIPModel`), see "CLIP" below;
+  <name>           a released tower of `teachers.zoo.KNOWN` (clip_b16, clip_l14, dino_b16), from
+                   the local Hugging Face cache as the teachers find it;
   <file>           a PyTorch state dict, .safetensors or .pth/.pt/.bin: timm `vit_*` / `beit_*`,
                    MAE's released .pth (under "model"), BEiT / BEiT v2's .pth (under "model" or
                    "module": q/v biases, gamma_1/2 layer scale, shared or per-block relative
@@ -18,6 +22,18 @@ its own. The load is strict: every
 student tensor is filled or the run stops naming what is missing; a position embedding on another
 grid is resized bicubically (torch's kernel, `teachers.resize`); any other shape difference stops
 the run. `check(spec)` runs before anything is written, so a bad path fails in one line.
+
+CLIP: the checkpoint is read by the teacher's converter (`teachers.clip.convert`: one name table
+for both uses). The student must have CLIP's architecture where CLIP differs from the default
+student: `student.act="quick_gelu"` (or what the checkpoint's hidden_act says),
+`student.ln_eps=1e-5` (its layer_norm_eps), `student.pre_norm=True` (its pre_layrnorm) and
+`student.posemb="learned"`; otherwise the load stops in one line naming those settings. Three
+differences are mapped exactly, so the student computes CLIP's features: CLIP has no patch
+bias and normalises pixels with its own mean/std, so its patch kernel is scaled per input
+channel by student std / CLIP std and the student's patch bias takes the constant the two
+normalisations differ by (CLIP's function of the student's input); a student's relative position
+tables start at zero and its layer-scale gains at one (CLIP has neither). The visual projection is
+dropped.
 """
 from __future__ import annotations
 
@@ -35,8 +51,11 @@ from flax import traverse_util
 
 from mim_jax.models import vit as vit_lib
 from mim_jax.teachers import checkpoint_io as io
+from mim_jax.teachers import clip
 from mim_jax.teachers import resize
+from mim_jax.teachers import teacher as teacher_lib
 from mim_jax.teachers import vit as hf_vit
+from mim_jax.teachers import zoo
 
 PyTree = Any
 
@@ -72,7 +91,7 @@ class InitFromError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  kind: str  # "workdir" | "transformers" | "torch"
+  kind: str  # "workdir" | "transformers" | "clip" | "torch"
   path: str
   step: Optional[int] = None
 
@@ -84,7 +103,8 @@ def _checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
-def _steps(workdir: str) -> list[int]:
+def saved_steps(workdir: str) -> list[int]:
+  """The steps `workdir` holds a finished checkpoint of, ascending ([] for none)."""
   d = epath.Path(_checkpoint_dir(workdir))
   if not d.is_dir():
     return []
@@ -93,7 +113,7 @@ def _steps(workdir: str) -> list[int]:
 
 def has_checkpoint(workdir: str) -> bool:
   """Whether `workdir` holds a saved step (then a run resumes from it, not from init_from)."""
-  return bool(_steps(workdir))
+  return bool(saved_steps(workdir))
 
 
 def check(spec: str) -> Source:
@@ -102,12 +122,18 @@ def check(spec: str) -> Source:
   m = re.fullmatch(r"(.+):(\d+)", spec)
   if m and not os.path.exists(spec):
     path, step = m.group(1), int(m.group(2))
+  if not os.path.exists(path) and spec in zoo.KNOWN:  # a released tower, from the local cache
+    try:
+      path = zoo.resolve(spec)
+    except FileNotFoundError as e:
+      raise InitFromError(f"init_from {spec!r}: {e}") from None
   if not os.path.exists(path):
     raise InitFromError(f"init_from {spec!r}: no such file or directory; give a pretraining "
                         f"workdir (optionally workdir:step), a transformers checkpoint directory "
-                        f"or a state dict file ({', '.join(TORCH_SUFFIXES)}).")
+                        f"(or a name of {sorted(zoo.KNOWN)} in the Hugging Face cache) or a "
+                        f"state dict file ({', '.join(TORCH_SUFFIXES)}).")
   if os.path.isdir(path) and (step is not None or os.path.isdir(_checkpoint_dir(path))):
-    steps = _steps(path)
+    steps = saved_steps(path)
     if not steps:
       raise InitFromError(f"init_from {spec!r}: {_checkpoint_dir(path)} holds no checkpoint; "
                           f"give a workdir of a run that saved one.")
@@ -121,7 +147,8 @@ def check(spec: str) -> Source:
     raise InitFromError(f"init_from {spec!r}: ':step' applies to a workdir only.")
   if os.path.isdir(path):
     if io.has_weights(path) and os.path.isfile(os.path.join(path, io.CONFIG_FILE)):
-      return Source("transformers", os.path.abspath(path))
+      is_clip = io.read_config(path).get("model_type") in clip.MODEL_TYPES
+      return Source("clip" if is_clip else "transformers", os.path.abspath(path))
     raise InitFromError(f"init_from {spec!r}: neither a workdir with checkpoints/ nor a "
                         f"transformers checkpoint (config.json + weights).")
   if path.endswith(TORCH_SUFFIXES):
@@ -271,6 +298,55 @@ def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vi
   return out, sorted(set(w) - used)
 
 
+def _check_clip_architecture(arch: Any, vit: Any, source: Source) -> None:
+  """The student must compute what CLIP computes, up to the exactly mapped differences."""
+  want = {"act": arch.act, "ln_eps": arch.ln_eps, "pre_norm": arch.pre_norm,
+          "posemb": "learned"}
+  have = {k: getattr(vit, k, None) for k in want}  # (a hybrid student has none of them)
+  wrong = {k: v for k, v in want.items() if have[k] != v}
+  if wrong:
+    raise InitFromError(
+        f"init_from {source.describe()}: the student cannot represent this CLIP vision tower "
+        f"({', '.join(f'{k}={have[k]!r}' for k in wrong)} against CLIP's "
+        f"{', '.join(f'{k}={v!r}' for k, v in wrong.items())}); set "
+        f"{' '.join(f'--config.student.{k}={v}' for k, v in wrong.items())}.")
+
+
+def clip_patch_embedding(kernel: np.ndarray, mean: Any, std: Any) -> tuple[np.ndarray, np.ndarray]:
+  """CLIP's patch kernel [p, p, 3, D] (no bias, on pixels normalised by CLIP's mean/std) as the
+  (kernel [p, p, 3, D], bias [D]) of the same function on student-normalised pixels:
+  (x * s_student + m_student - m_clip) / s_clip per channel, folded into the convolution."""
+  m_s, s_s = np.asarray(teacher_lib.STUDENT_MEAN), np.asarray(teacher_lib.STUDENT_STD)
+  m_c, s_c = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+  k = kernel.astype(np.float64)
+  scaled = k * (s_s / s_c)[None, None, :, None]
+  bias = np.einsum("hwcd,c->d", k, (m_s - m_c) / s_c)
+  return scaled.astype(np.float32), bias.astype(np.float32)
+
+
+def _read_clip(source: Source, student: Mapping[str, Any], vit: Any
+               ) -> tuple[dict[str, np.ndarray], list[str]]:
+  """(flat student weights, dropped names) of a CLIP vision checkpoint (see the module doc)."""
+  try:
+    arch, params = clip.convert(io.read_config(source.path), io.read_weights(source.path))
+    mean, std = zoo.mean_std(io.read_preprocessor(source.path), "clip")
+  except io.CheckpointError as e:
+    raise InitFromError(f"init_from {source.describe()}: {e}") from None
+  _check_clip_architecture(arch, vit, source)
+  flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+  dropped = sorted(k for k in flat if k.startswith("proj/"))
+  out = {k: v for k, v in flat.items() if not k.startswith("proj/")}
+  out["patch_embed/kernel"], out["patch_embed/bias"] = clip_patch_embedding(
+      out["patch_embed/kernel"], mean, std)
+  template = traverse_util.flatten_dict(dict(student), sep="/")
+  for name, leaf in template.items():  # what CLIP lacks, at the value that changes nothing
+    if re.fullmatch(r"rel_pos_bias(_\d+)?/table", name):
+      out[name] = np.zeros(leaf.shape, np.float32)
+    elif re.fullmatch(r"block\d+/ls[12]", name):
+      out[name] = np.ones(leaf.shape, np.float32)
+  return out, dropped
+
+
 def _check_fixed_posemb(pos: np.ndarray, vit: Any, source: Source) -> None:
   """A student without learned position embedding must see the same one the source used."""
   own = vit_lib.position_embedding({}, vit)
@@ -289,6 +365,8 @@ def read(source: Source, student: Mapping[str, Any], vit: Any
   elif source.kind == "transformers":
     w = canonical_transformers(io.read_weights(source.path))
     weights, dropped = _timm_to_student(w, student, vit, source)
+  elif source.kind == "clip":
+    weights, dropped = _read_clip(source, student, vit)
   elif source.kind == "torch":
     w = _read_torch_file(source.path)
     w = canonical_beit(w) if _is_beit(w) else w

@@ -154,22 +154,69 @@ def momentum_optimizer(name: str, schedule: optax.Schedule, *, momentum: float,
   raise ValueError(f"Unknown optimizer {name!r}: use one of {OPTIMIZERS}.")
 
 
-def zero_frozen(frozen: tuple[str, ...]) -> optax.GradientTransformation:
-  """Sets the updates of the top-level parameter groups in `frozen` to zero (stateless)."""
+def _compile_frozen(patterns: Sequence[str]) -> list[re.Pattern]:
+  out = []
+  for pattern in patterns:
+    try:
+      out.append(re.compile(pattern))
+    except re.error as e:
+      raise ValueError(f"optim.frozen: {pattern!r} is not a regular expression ({e}); give "
+                       f"parameter paths such as 'student' or 'student/block[0-5]/.*'.") from None
+  return out
+
+
+def _is_frozen(path: str, compiled: Sequence[re.Pattern]) -> bool:
+  """A pattern freezes the parameter when it matches its whole path ("student/block0/ln1/scale")
+  or the whole of a leading part of it ("student", "student/block0"), so a top-level group's
+  name freezes the group."""
+  parts = path.split("/")
+  prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+  return any(c.fullmatch(p) for c in compiled for p in prefixes)
+
+
+def frozen_mask(params: Any, patterns: Sequence[str]) -> Any:
+  """A tree like `params` of bools: True where a pattern of `optim.frozen` freezes the leaf.
+
+  Paths join the parameter tree's keys with "/": "student/block3/attn/qkv_kernel",
+  "student/patch_embed/kernel", "head/bias". ValueError names a pattern that is not a regular
+  expression or freezes nothing (a misspelt path is never ignored)."""
+  compiled = _compile_frozen(patterns)
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  paths = ["/".join(_path_names(p)) for p, _ in leaves]
+  for pattern, c in zip(patterns, compiled):
+    if not any(_is_frozen(path, [c]) for path in paths):
+      example = next((p for p in paths if "block" in p), paths[0] if paths else "")
+      raise ValueError(f"optim.frozen: {pattern!r} matches no parameter (paths look like "
+                       f"{example!r}; a scanned student's blocks are 'student/layers/...'): "
+                       f"fix the pattern.")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _is_frozen("/".join(_path_names(path)), compiled), params)
+
+
+def zero_frozen(frozen: Sequence[str]) -> optax.GradientTransformation:
+  """Sets the updates of the parameters that the patterns in `frozen` match to zero
+  (`frozen_mask`; stateless). The patterns are checked against the parameters at init."""
+
+  def init_fn(params):
+    # optax.tree_map_params also calls init on one placeholder object: check parameter trees
+    if isinstance(params, dict):
+      frozen_mask(params, frozen)  # raises on a pattern that matches nothing
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     del params
-    return {k: jax.tree.map(jnp.zeros_like, v) if k in frozen else v
-            for k, v in updates.items()}, state
+    mask = frozen_mask(updates, frozen)
+    return jax.tree.map(lambda u, m: jnp.zeros_like(u) if m else u, updates, mask), state
 
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
   """AdamW (pretraining, fine-tuning) or LARS / SGD (`optim.momentum`; the linear probe).
-  `optim.frozen` (optional): top-level parameter groups that get no update (the linear probe's
-  encoder). Their optimizer state is still allocated (zeros that stay zeros): the state's layout
+  `optim.frozen` (optional): parameter path patterns whose parameters get no update (the linear
+  probe's encoder "student"; "student/block[0-5]/.*": the first six blocks; see `frozen_mask`).
+  Their optimizer state is still allocated (zeros that stay zeros): the state's layout
   is traced without the parameter tree (`optax.tree_map_params`), which a per-group optimizer
   cannot be."""
   name = optim.get("name", "adamw")

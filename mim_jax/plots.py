@@ -170,10 +170,14 @@ def grid_side(num_patches: int) -> int:
 
 def plot_sweep(names: Sequence[str], ours: Mapping[str, Sequence[Optional[float]]],
                paper: Sequence[Optional[float]], out_png: str, *, paper_label: str = "paper",
+               spread: Optional[Mapping[str, Sequence[Optional[float]]]] = None,
                panel_inches: float = 3.5, dpi: int = 100) -> str:
   """A sweep's rows side by side: one panel of horizontal bars per metric of ours that any row
   has (None = no value, no bar), then one of the paper's numbers, rows in sweep order (top
-  first), each bar labelled with its value. The figure is panel_inches wide per panel."""
+  first), each bar labelled with its value. `spread` (optional, by metric like `ours`): a
+  half-width drawn as an error bar on the row's bar (seeds' standard deviation). The figure is
+  panel_inches wide per panel."""
+  spread = spread or {}
   panels = [(title, values) for title, values in ours.items()
             if any(v is not None for v in values)]
   panels.append((paper_label, list(paper)))
@@ -188,16 +192,39 @@ def plot_sweep(names: Sequence[str], ours: Mapping[str, Sequence[Optional[float]
     known = [(i, float(v)) for i, v in enumerate(values) if v is not None and np.isfinite(v)]
     if known:
       idx, vals = zip(*known)
-      ax.barh(idx, vals, color="C1" if ax is axes[0, -1] else "C0")
-      lo, hi = min(vals), max(vals)
+      half = [spread.get(title, [None] * len(values))[i] or 0.0 for i in idx]
+      ax.barh(idx, vals, color="C1" if ax is axes[0, -1] else "C0",
+              xerr=half if any(half) else None, capsize=3)
+      lo = min(v - h for v, h in zip(vals, half))
+      hi = max(v + h for v, h in zip(vals, half))
       pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
       ax.set_xlim(lo - pad, hi + pad)  # the differences between rows are what matters
-      for i, v in known:
-        ax.text(v, i, f" {v:.4g}", va="center", fontsize="small")
+      for (i, v), h in zip(known, half):  # the label right of the error bar
+        ax.text(v + h, i, f" {v:.4g}", va="center", fontsize="small")
     ax.set_title(title, fontsize="small")
     ax.grid(True, axis="x", alpha=0.3)
   axes[0, 0].set_yticks(rows)
   axes[0, 0].set_yticklabels(names, fontsize="small")
   axes[0, 0].invert_yaxis()
   fig.tight_layout()
+  return _save(fig, out_png, dpi)
+
+
+def plot_curves(curves: Mapping[str, tuple[Any, Any]], out_png: str, *, title: str = "loss",
+                log_scale: bool = True, figsize: tuple[float, float] = (8.0, 5.0),
+                dpi: int = 100) -> str:
+  """Several runs' curves on one axis: {label: (steps [n], values [n])} (e.g. `series` of each
+  run's "loss"), logarithmic when `log_scale` and every value is positive."""
+  drawn = {k: v for k, v in curves.items() if len(v[0])}
+  if not drawn:
+    raise ValueError(f"No curve has a value to plot ({sorted(curves)}).")
+  fig, ax = plt.subplots(figsize=figsize)
+  for i, (label, (steps, values)) in enumerate(drawn.items()):
+    ax.plot(steps, values, label=label, color=f"C{i % 10}")
+  if log_scale and all((np.asarray(v) > 0).all() for _, v in drawn.values()):
+    ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_title(title, fontsize="small")
+  ax.legend(loc="upper right", fontsize="x-small")
+  ax.grid(True, alpha=0.3)
   return _save(fig, out_png, dpi)

@@ -379,3 +379,84 @@ def test_linear_probe_starts_from_the_pretrained_student(tmp_path, mae_workdir):
   want = pretrained_student(mae_workdir, 2)
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(x, y)
+
+
+# --------------------------------------------------------------------------------------------
+# A CLIP vision tower as the student's initialisation (the analysis paper's Figure 8 runs).
+# --------------------------------------------------------------------------------------------
+CLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, patch_size=4,
+                 image_size=16, num_hidden_layers=2, projection_dim=8, layer_norm_eps=1e-5)
+
+
+def random_clip(directory, act, with_projection=True, seed=0):
+  """A random-weight transformers CLIP vision tower saved to `directory` (LayerNorms moved off
+  their identity so that pre_layrnorm's port is tested too)."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  from mim_jax.teachers import testing  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(seed)
+  cls = (transformers.CLIPVisionModelWithProjection if with_projection
+         else transformers.CLIPVisionModel)
+  model = cls(transformers.CLIPVisionConfig(attn_implementation="eager", hidden_act=act,
+                                            **CLIP_TINY)).eval()
+  testing.perturb_layer_norms(model, seed)
+  model.save_pretrained(str(directory))
+  return model.vision_model if with_projection else model  # (the vision tower's outputs)
+
+
+@pytest.mark.parametrize("act,with_projection", [("quick_gelu", True), ("gelu", False)])
+def test_clip_vision_tower_features_equal(tmp_path, caplog, act, with_projection):
+  """The CLIP-initialised student computes CLIP's features on the student's own input
+  normalisation: every token after the last block, and after the final norm."""
+  from mim_jax.teachers import testing  # pylint: disable=import-outside-toplevel
+  from mim_jax.teachers.teacher import DEFAULT_MEAN_STD  # pylint: disable=import-outside-toplevel
+  vision = random_clip(tmp_path, act, with_projection)
+  vit = tiny_student(posemb="learned", act=act, ln_eps=1e-5, pre_norm=True)
+  caplog.set_level("INFO")
+  params = load(str(tmp_path), vit)
+  x = testing.student_images(2, 16, seed=5)
+  out, aux = vit.apply({"params": params}, x)
+  with torch.no_grad():
+    ref = vision(torch.from_numpy(testing.teacher_pixels(x, *DEFAULT_MEAN_STD["clip"])))
+    final = vision.post_layernorm(ref.last_hidden_state)
+  assert max_err(aux["blocks"][-1], ref.last_hidden_state) < ATOL
+  assert max_err(out, final) < ATOL
+  assert max_err(out[:, 0], ref.pooler_output) < ATOL
+  dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+  assert dropped == (["init_from: dropped (not part of the student): proj/kernel"]
+                     if with_projection else [])
+
+
+def test_clip_tables_start_at_zero_and_gains_at_one(tmp_path):
+  """A BEiT-style fine-tuning student (per-block relative position tables, layer scale) from a
+  CLIP tower computes CLIP's features: what CLIP lacks starts at the value that changes nothing."""
+  from mim_jax.teachers import testing  # pylint: disable=import-outside-toplevel
+  plain = tiny_student(posemb="learned", act="quick_gelu", ln_eps=1e-5, pre_norm=True)
+  beit = tiny_student(posemb="learned", act="quick_gelu", ln_eps=1e-5, pre_norm=True,
+                      rel_pos="per_layer", layer_scale=0.1)
+  random_clip(tmp_path, "quick_gelu")
+  x = testing.student_images(2, 16, seed=6)
+  params = load(str(tmp_path), beit)
+  assert float(np.abs(params["rel_pos_bias_1"]["table"]).max()) == 0.0
+  assert np.all(params["block0"]["ls1"] == 1.0)
+  assert max_err(features(beit, params, x), features(plain, load(str(tmp_path), plain), x)) < ATOL
+
+
+@pytest.mark.parametrize("student,named", [
+    (dict(posemb="learned"), "act='gelu', ln_eps=1e-06, pre_norm=False"),
+    (dict(posemb="learned", act="quick_gelu", ln_eps=1e-5), "pre_norm=False"),
+    (dict(act="quick_gelu", ln_eps=1e-5, pre_norm=True), "posemb='sincos'")])
+def test_clip_tower_into_a_student_that_cannot_represent_it_is_refused(tmp_path, student, named):
+  random_clip(tmp_path, "quick_gelu")
+  with pytest.raises(init_from.InitFromError) as e:
+    load(str(tmp_path), tiny_student(**student))
+  message = str(e.value)
+  assert "cannot represent this CLIP vision tower" in message and named in message
+  assert "\n" not in message and "--config.student." in message
+
+
+def test_a_released_tower_by_name_comes_from_the_local_cache_only(tmp_path, monkeypatch):
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache: never the network
+  with pytest.raises(init_from.InitFromError) as e:
+    init_from.check("clip_b16")
+  assert str(e.value).startswith("init_from 'clip_b16': ") and "\n" not in str(e.value)
+  assert "openai/clip-vit-base-patch16" in str(e.value)

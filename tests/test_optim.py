@@ -41,3 +41,45 @@ def test_unknown_schedule():
   with pytest.raises(ValueError, match="Unknown schedule"):
     optim.make_schedule(optim_config(schedule="step"), total_steps=10, warmup_steps=1,
                         global_batch=8)
+
+
+def _tree():
+  z = lambda *s: jnp.ones(s)
+  block = lambda: {"attn": {"qkv_kernel": z(4, 3, 2, 2)}, "ln1": {"scale": z(4)}}
+  return {"student": {"patch_embed": {"kernel": z(2, 2, 3, 4)}, "cls": z(1, 1, 4),
+                      **{f"block{i}": block() for i in range(12)}},
+          "head": {"kernel": z(4, 10), "bias": z(10)}}
+
+
+def _changed(patterns):
+  """{path: whether one AdamW step with optim.frozen=patterns moved the leaf}."""
+  import jax  # pylint: disable=import-outside-toplevel
+  c = optim_config(frozen=tuple(patterns), weight_decay=0.0)
+  tx = optim.make_optimizer(c, optim.make_schedule(c, total_steps=10, warmup_steps=0,
+                                                   global_batch=256))
+  params = _tree()
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  return {"/".join(str(k.key) for k in path): bool(jnp.any(u != 0))
+          for path, u in jax.tree_util.tree_leaves_with_path(updates)}
+
+
+def test_frozen_takes_parameter_path_patterns():
+  moved = _changed(["student/block[0-5]/.*", "student/patch_embed"])
+  assert not moved["student/block0/attn/qkv_kernel"] and not moved["student/block5/ln1/scale"]
+  assert moved["student/block6/attn/qkv_kernel"] and moved["student/block11/ln1/scale"]
+  assert not moved["student/patch_embed/kernel"]  # a leading part of the path freezes below it
+  assert moved["student/cls"] and moved["head/kernel"]
+  # "block1" must not freeze block10 / block11: a pattern matches whole path parts
+  moved = _changed(["student/block1"])
+  assert not moved["student/block1/ln1/scale"] and moved["student/block10/ln1/scale"]
+  # the top-level group names work as before (the linear probe's "student")
+  moved = _changed(["student"])
+  assert not any(v for k, v in moved.items() if k.startswith("student/"))
+  assert moved["head/kernel"] and moved["head/bias"]
+
+
+@pytest.mark.parametrize("pattern,message", [
+    ("student/blok[0-5]/.*", "matches no parameter"), ("student/block[0-5", "not a regular")])
+def test_frozen_pattern_that_freezes_nothing_is_refused(pattern, message):
+  with pytest.raises(ValueError, match=message):
+    _changed([pattern])

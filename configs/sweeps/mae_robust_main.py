@@ -12,6 +12,8 @@ from typing import Any
 
 CONFIG = "configs/mae_robust_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "mae_robust"  # configs/finetune.py
 _MAE = {"objective.decoder.attn_drop": 0.0, "data.crop_scale": (0.2, 1.0)}
 _ROBUST_B = {"objective.decoder.attn_drop": 0.3, "data.crop_scale": (0.5, 1.0)}
 _ROBUST_L = {"objective.decoder.attn_drop": 0.3, "data.crop_scale": (0.2, 1.0)}

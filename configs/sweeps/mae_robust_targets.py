@@ -12,6 +12,8 @@ from typing import Any
 
 CONFIG = "configs/mae_robust_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "mae_robust"  # configs/finetune.py
 STATS = "stats/patch16.npz"
 _B = {"student.variant": "B/16", "data.crop_scale": (0.5, 1.0)}
 _L = {"student.variant": "L/16", "data.crop_scale": (0.2, 1.0)}

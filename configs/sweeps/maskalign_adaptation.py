@@ -10,6 +10,8 @@ from typing import Any
 
 CONFIG = "configs/maskalign_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "maskalign"  # configs/finetune.py
 # (adaptor, target norm, align [CLS], the paper's fine-tune top-1)
 TABLE = [("linear", "ln", True, 85.4), ("linear", "ln", False, 85.3), ("mlp", "ln", False, 85.2),
          ("linear", "bn", False, 84.7), ("linear", "none", False, 84.3)]

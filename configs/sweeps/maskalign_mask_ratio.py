@@ -14,6 +14,8 @@ from typing import Any
 
 CONFIG = "configs/maskalign_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "maskalign"  # configs/finetune.py
 _CLS = {"objective.align_cls": False}
 # (mask kind, ratio, the paper's fine-tune top-1)
 TABLE = [("attentive", 0.0, 84.9), ("attentive", 0.2, 85.1), ("attentive", 0.4, 85.2),

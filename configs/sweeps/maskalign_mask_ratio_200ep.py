@@ -9,6 +9,8 @@ from configs.sweeps import maskalign_mask_ratio as _table
 
 CONFIG = _table.CONFIG
 METRIC = _table.METRIC
+EVALUATION = _table.EVALUATION
+RECIPE = _table.RECIPE
 
 
 def sweep() -> list[dict[str, Any]]:

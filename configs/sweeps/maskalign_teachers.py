@@ -11,6 +11,8 @@ from typing import Any
 
 CONFIG = "configs/maskalign_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "maskalign"  # configs/finetune.py
 _CLS = {"objective.align_cls": False}
 _L = {"student.variant": "L/16", "student.drop_path": 0.2}
 ROWS = [

@@ -10,6 +10,8 @@ from typing import Any
 
 CONFIG = "configs/maskalign_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "maskalign"  # configs/finetune.py
 _CLS = {"objective.align_cls": False}
 ROWS = [
     ({"objective.alignment": "dynamic", "objective.top_k": 1, **_CLS}, 84.9),

@@ -11,6 +11,8 @@ from typing import Any
 
 CONFIG = "configs/maskdistill_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "maskdistill"  # configs/finetune.py
 # (teacher, target norm, loss, the paper's fine-tune top-1)
 TABLE = [("dino_b16", "none", "mse", 84.3), ("dino_b16", "l2", "cosine", 84.5),
          ("dino_b16", "ln", "smooth_l1", 84.5),

@@ -10,6 +10,8 @@ from typing import Any
 
 CONFIG = "configs/maskdistill_b16_clip_b16.py"
 METRIC = "ImageNet-1k fine-tune top-1 (%)"
+EVALUATION = "finetune"
+RECIPE = "maskdistill"  # configs/finetune.py
 TABLE = [("dino_b16", "last", 84.5), ("dino_b16", "last3", 84.4), ("dino_b16", "last6", 84.3),
          ("clip_b16", "last", 85.0), ("clip_b16", "last3", 85.0), ("clip_b16", "last6", 85.1)]
 

@@ -2,7 +2,9 @@
 
 Pre-LN blocks, LayerNorm eps 1e-6, qkv bias, GELU MLP, stochastic depth, MAE's fixed 2-D sin-cos
 position embedding and MAE's initialisation by default. Options for BEiT-style students
-(MaskDistill): BEiT's relative position bias, layer scale, BEiT's initialisation.
+(MaskDistill): BEiT's relative position bias, layer scale, BEiT's initialisation. Options for a
+student started from a CLIP vision tower (`init_from`): its MLP activation ("quick_gelu"), its
+LayerNorm epsilon (1e-5) and its LayerNorm before the first block (`pre_norm`).
 
 Three ways to feed it, one `__call__`:
 
@@ -150,6 +152,10 @@ class ViT(nn.Module):
       for every kernel, patch embedding and token; the attention output and fc2 kernels of
       block i divided by sqrt(2 (i + 1))). Not called `init`: that is nn.Module.init.
     remat: what each block keeps for the backward pass, `layers.REMAT_POLICIES` or "none".
+    act: the MLP's activation, a name in `layers.ACTIVATIONS` ("gelu"; CLIP: "quick_gelu").
+    ln_eps: every LayerNorm's epsilon (1e-6; CLIP: 1e-5).
+    pre_norm: a LayerNorm (`pre_norm`) on [CLS, patches] + position embedding before the first
+      block (CLIP's "pre_layrnorm").
     scan: run the blocks under `nn.scan` (one block compiled once, looped `depth` times: compile
       time and program size stop growing with depth). The blocks' parameters are then stacked,
       `layers/block/...` (and `layers/rel_pos_bias/table` for per-layer tables) with a leading
@@ -175,6 +181,9 @@ class ViT(nn.Module):
   weight_init: str = "mae"
   remat: str = "none"
   scan: bool = False
+  act: str = "gelu"
+  ln_eps: float = 1e-6
+  pre_norm: bool = False
 
   @classmethod
   def from_variant(cls, variant: str, **kwargs) -> "ViT":
@@ -208,6 +217,8 @@ class ViT(nn.Module):
       raise ValueError(f"Unknown weight_init {self.weight_init!r}: use one of {INITS}.")
     if self.rel_pos not in REL_POS:
       raise ValueError(f"Unknown rel_pos {self.rel_pos!r}: use one of {REL_POS}.")
+    if self.act not in layers.ACTIVATIONS:
+      raise ValueError(f"Unknown act {self.act!r}: use one of {tuple(layers.ACTIVATIONS)}.")
 
   def _token_init(self) -> Callable:
     """CLS and mask tokens: MAE draws normal(0.02), BEiT trunc_normal(0.02)."""
@@ -272,6 +283,8 @@ class ViT(nn.Module):
       x = gather_tokens(x, ids_keep)
     cls = jnp.broadcast_to(self._token("cls") + pos[None, :1], (x.shape[0], 1, self.width))
     x = jnp.concatenate([cls, x], axis=1)
+    if self.pre_norm:
+      x = layers.LayerNorm(self.ln_eps, name="pre_norm")(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     mid_fn = None
@@ -318,14 +331,15 @@ class ViT(nn.Module):
       rate = self.drop_path * i / max(self.depth - 1, 1)  # linear stochastic-depth decay
       block = layers.block_class(self.remat)(
           self.num_heads, self.mlp_dim, drop_path=rate, layer_scale=self.layer_scale,
-          dtype=self.dtype, name=f"block{i}", **block_inits(self.weight_init, i))
+          act=self.act, ln_eps=self.ln_eps, dtype=self.dtype, name=f"block{i}",
+          **block_inits(self.weight_init, i))
       x, probs = block(x, block_bias, not train, i in wanted)
       blocks.append(x)
       if i in wanted:
         attn[i] = probs
     if fuse:
       x = sum(blocks[i] for i in fuse)
-    out = layers.LayerNorm(1e-6, name="norm")(x)
+    out = layers.LayerNorm(self.ln_eps, name="norm")(x)
     return out, {"blocks": tuple(blocks), "attn": attn}
 
   def _encode_scanned(self, x: jax.Array, *, train: bool, attn_layers: Sequence[int],
@@ -353,7 +367,7 @@ class ViT(nn.Module):
       x, (outs, probs) = stack(
           self.num_heads, self.mlp_dim, self.depth, drop_path=self.drop_path,
           layer_scale=self.layer_scale, dtype=self.dtype, remat=self.remat,
-          weight_init=self.weight_init,
+          weight_init=self.weight_init, act=self.act, ln_eps=self.ln_eps,
           table_grid=self.grid if self.rel_pos == "per_layer" else None,
           deterministic=not train, return_probs=bool(seg_wanted), name=stack_name(start),
       )(x, jnp.arange(start, stop), seg_bias, positions)
@@ -361,7 +375,7 @@ class ViT(nn.Module):
       attn.update({i: probs[i - start] for i in seg_wanted})
     if fuse:
       x = sum(blocks[i] for i in fuse)
-    out = layers.LayerNorm(1e-6, name="norm")(x)
+    out = layers.LayerNorm(self.ln_eps, name="norm")(x)
     return out, {"blocks": tuple(blocks), "attn": attn}
 
 
@@ -417,6 +431,8 @@ class ScannedLayer(nn.Module):
   remat: str = "none"
   weight_init: str = "mae"
   table_grid: Optional[tuple[int, int]] = None  # per-layer relative position bias tables
+  act: str = "gelu"
+  ln_eps: float = 1e-6
   deterministic: bool = True
   return_probs: bool = False
 
@@ -430,7 +446,8 @@ class ScannedLayer(nn.Module):
     rate = self.drop_path * i.astype(F32) / max(self.depth - 1, 1) if self.drop_path else 0.0
     block = layers.block_class(self.remat)(
         self.num_heads, self.mlp_dim, drop_path=rate, layer_scale=self.layer_scale,
-        dtype=self.dtype, name="block", **block_inits(self.weight_init, i))
+        act=self.act, ln_eps=self.ln_eps, dtype=self.dtype, name="block",
+        **block_inits(self.weight_init, i))
     with layers.scanned_stack():
       x, probs = block(x, bias, self.deterministic, self.return_probs)
     return x, (x, probs)

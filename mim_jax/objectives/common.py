@@ -68,16 +68,20 @@ def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvVi
                      f"{s.variant!r} is a ViT: set student.stage_skips=False.")
   kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
                 rel_pos=s.rel_pos, layer_scale=s.layer_scale, weight_init=s.weight_init,
-                remat=s.remat, scan=bool(s.get("scan", False)), dtype=compute_dtype(config))
+                remat=s.remat, scan=bool(s.get("scan", False)), dtype=compute_dtype(config),
+                act=s.get("act", "gelu"), ln_eps=float(s.get("ln_eps", 1e-6)),
+                pre_norm=bool(s.get("pre_norm", False)))
   kwargs.update(overrides)
   return ViT.from_variant(s.variant, **kwargs)
 
 
 def _check_hybrid_options(s: ml_collections.ConfigDict) -> None:
   """The ViT-only student switches stay at their defaults for a hybrid student (which has no
-  relative position bias, layer scale, BEiT init or scanned blocks): none is ignored silently."""
+  relative position bias, layer scale, BEiT init, scanned blocks or CLIP's activation, epsilon
+  and pre-norm): none is ignored silently."""
   set_ = {k: s.get(k) for k, off in (("rel_pos", "none"), ("layer_scale", None),
-                                     ("weight_init", "mae"), ("scan", False))
+                                     ("weight_init", "mae"), ("scan", False), ("act", "gelu"),
+                                     ("ln_eps", 1e-6), ("pre_norm", False))
           if s.get(k, off) != off}
   if set_:
     raise ValueError(f"student.variant {s.variant!r} is a hybrid ConvViT, which has no "

@@ -14,7 +14,7 @@ term is over masked patches x pixels), so the two weights compare like with like
 Eq. 1-2 write squared norms per token; MAE's code, which it builds on, averages over pixels: the
 factor Dt would only rescale the mimic weight.)
 
-Several teachers ("joint" mimicking, the paper's Table 4 "CLIP/DINO (Joint)"; `teacher.spec` a
+Several teachers ("joint" mimicking, the paper's Figure 4 "CLIP/DINO (Joint)"; `teacher.spec` a
 comma-separated list): one mimic head per teacher (Linear D -> Dt_k; the first keeps the name
 `mimic_head`, teacher k >= 1 gets `mimic_head_{k}`), each regressing its own teacher's features
 normalised as above, and mimic = the SUM of the per-teacher terms (logged as loss/mimic_{k}),
