@@ -58,6 +58,8 @@ import ml_collections
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import chips
 from mim_jax import config as config_lib
+from mim_jax import hlo_cost
+from mim_jax import model_flops
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
@@ -293,31 +295,38 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
                   mesh_shape=dict(mesh.shape), teacher_bytes=shard_bytes(t_params))
 
 
-def step_cost(result: Compiled) -> tuple[dict[str, float], str]:
-  """XLA's cost of the compiled step per chip, {"flops", "bytes accessed"}, and a note.
+def step_cost(result: Compiled) -> tuple[chips.StepCost, hlo_cost.ModuleCost]:
+  """The compiled step's cost per chip, and its per-instruction reading (`mim_jax.hlo_cost`:
+  loops counted per trip, HBM bytes apart) with the model's FLOPs (`mim_jax.model_flops`) and
+  XLA's own totals of the same compiled module beside."""
+  module = hlo_cost.analyze(result.compiled.as_text(), math.prod(result.mesh_shape.values()))
+  xla_flops, xla_bytes = chips.step_cost(result.compiled.cost_analysis())
+  return hlo_cost.step_cost(module, model_flops=model_flops_per_chip(result),
+                            xla_flops=xla_flops, xla_bytes=xla_bytes), module
 
-  XLA's cost analysis counts a loop's body once, so a scanned student's blocks would count as
-  one: then both figures are scaled by the ratio of the FLOPs of the unscanned to the scanned
-  step, each lowered (not compiled) for one CPU device at the per-chip batch (libtpu gives no
-  cost of a lowered step) -- an approximation, and the note says so.
-  """
+
+def model_flops_per_chip(result: Compiled) -> Optional[float]:
+  """The model's FLOPs of one step (`mim_jax.model_flops`) over the devices; None where no count
+  exists (the hybrid student)."""
+  try:
+    total = model_flops.count(result.setup.config, result.setup.teacher).total
+  except NotImplementedError:
+    return None
+  return total / math.prod(result.mesh_shape.values())
+
+
+def save_hlo(result: Compiled, path: str) -> None:
+  """The compiled module's text at `path`, and beside it (<path>.json) XLA's own figures of the
+  same compile: cost analysis (flops, bytes accessed) and memory analysis, per device."""
+  import json  # pylint: disable=import-outside-toplevel
+  with open(path, "w") as fh:
+    fh.write(result.compiled.as_text())
   flops, nbytes = chips.step_cost(result.compiled.cost_analysis())
-  config = result.setup.config
-  if not config.student.get("scan"):
-    return {"flops": flops, "bytes accessed": nbytes}, ""
-  shards = result.mesh_shape["data"] * result.mesh_shape["fsdp"]
-  lowered_flops = {}
-  for scan in (False, True):
-    one = config.copy_and_resolve_references()
-    one.student.scan, one.cpu_matmul_layout = scan, False
-    one.mesh.data, one.mesh.fsdp, one.mesh.model = 1, 1, 1
-    one.batch_size = config.batch_size // max(shards, 1)
-    lowered = lower_step(one, jax.devices("cpu")[:1])[0]
-    lowered_flops[scan] = chips.step_cost(lowered.cost_analysis())[0]
-  ratio = lowered_flops[False] / lowered_flops[True] if lowered_flops[True] else 1.0
-  note = (f"(student.scan: XLA counts the scanned blocks once; FLOPs and bytes scaled by "
-          f"{ratio:.2f}, the unscanned/scanned FLOP ratio of the step lowered for one CPU device)")
-  return {"flops": flops * ratio, "bytes accessed": nbytes * ratio}, note
+  with open(path + ".json", "w") as fh:
+    json.dump({"flops": flops, "bytes accessed": nbytes,
+               "model_flops": model_flops_per_chip(result),
+               "memory": dataclasses.asdict(result.memory), "mesh": result.mesh_shape}, fh,
+              indent=1)
 
 
 def shard_bytes(tree: Any) -> int:
@@ -326,8 +335,10 @@ def shard_bytes(tree: Any) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tuple[str, bool]:
-  """(a printable table, fits). Without a known HBM size `fits` is True and no verdict is given."""
+def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float],
+           breakdown: int = 0) -> tuple[str, bool]:
+  """(a printable table, fits). Without a known HBM size `fits` is True and no verdict is given.
+  `breakdown` > 0 adds where the step's FLOPs and bytes go (that many costliest instructions)."""
   m = result.memory
   config = result.setup.config
   per_device = config.batch_size // max(result.mesh_shape["data"] * result.mesh_shape["fsdp"], 1)
@@ -348,9 +359,11 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
           ("  of which aliased to donated args", m.alias), ("temporaries", m.temp),
           ("generated code", m.code), ("total (args + out - alias + temp + code)", m.total)]
   lines += [f"  {name:<42}{value / 2**20:11.1f}{value / GIB:9.3f}" for name, value in rows]
-  cost, note = step_cost(result)
+  cost, module = step_cost(result)
   roof = ["", chips.roofline_table(cost, target=_GENERATION_OF_KIND.get(devices[0].device_kind))]
-  roof += [note] if note else []
+  roof += hlo_cost.notes(module, cost)
+  if breakdown:
+    roof += ["", hlo_cost.breakdown(module, top=breakdown)]
   if hbm is None:
     lines.append("  (no HBM size known for this device: no verdict; pass --hbm_gib)")
     return "\n".join(lines + roof), True
@@ -504,7 +517,9 @@ def _main(argv: Sequence[str]) -> None:
           f"not fit the step into {limit} per device:\n{str(e)[:2000]}\n\nLevers:\n{advice}",
           flush=True)
     sys.exit(1)
-  text, fits = report(result, devices, hbm)
+  if f.save_hlo:
+    save_hlo(result, f.save_hlo)
+  text, fits = report(result, devices, hbm, breakdown=f.top if f.breakdown else 0)
   print(text, flush=True)
   if not fits:
     sys.exit(1)  # OUT OF MEMORY
@@ -525,6 +540,13 @@ def run() -> None:
   flags.DEFINE_list("sweep_remat", None, "--sweep: remat policies (default: the config's).")
   flags.DEFINE_list("sweep_fsdp", None, "--sweep: fsdp values (default: the config's).")
   flags.DEFINE_integer("sweep_max_batch", 65536, "--sweep: the largest global batch tried.")
+  flags.DEFINE_bool("breakdown", False, "Also print where the step's FLOPs and HBM bytes go: "
+                    "totals per origin (teacher forward, student forward, backward, optimizer, "
+                    "collectives, input) and the costliest instructions of the compiled module.")
+  flags.DEFINE_integer("top", 15, "--breakdown: how many instructions to list.")
+  flags.DEFINE_string("save_hlo", None, "Write the compiled step's HLO text to this path (and "
+                      "XLA's cost and memory analysis to <path>.json) for `python -m "
+                      "mim_jax.hlo_cost <path>` to read again without compiling.")
   flags.mark_flags_as_required(["config"])
   app.run(_main)
 

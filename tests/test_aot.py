@@ -62,7 +62,7 @@ def test_cpu_mesh_compiles_the_maskalign_step_and_reports_memory(tiny_vit_teache
   assert fits and "OK: fits" in text and "total" in text
   flops, nbytes = aot.chips.step_cost(replicated.compiled.cost_analysis())
   assert flops > 1e6 and nbytes > 1e5  # XLA's cost analysis of the step, and its roofline
-  assert f"{flops / 1e12:.3f} TFLOP" in text and "roofline ESTIMATE" in text
+  assert f"XLA's bytes accessed {nbytes / 1e9:.2f} GB" in text and "roofline ESTIMATE" in text
   text, fits = aot.report(replicated, devices, hbm=1e-6)
   assert not fits and "OUT OF MEMORY" in text
   # The levers that would help, from this config: remat, a smaller batch, more fsdp (the
@@ -200,21 +200,3 @@ def test_command_line_sweep_on_cpu_devices(tiny_vit_teacher_dir):
   assert r.returncode == 0, r.stderr[-2000:]
   rows = [line.split() for line in r.stdout.splitlines() if line.startswith("  full")]
   assert rows == [["full", "2", "8", "2", rows[0][4], "cap", "8"]]  # (a tiny step: 0.00 GiB)
-
-
-def test_cost_of_a_scanned_student_counts_every_block(tiny_vit_teacher_dir):
-  """XLA's cost analysis counts a scan's body once; `step_cost` scales it back: the scanned
-  step's FLOPs come within 5% of the unscanned step's (4 CPU devices, the tiny config)."""
-  devices = aot.cpu_devices(4)
-  costs = {}
-  for scan in (False, True):
-    config = tiny_config(tiny_vit_teacher_dir)
-    config.student.scan = scan
-    result = aot.compile_step(config, devices)
-    raw = aot.chips.step_cost(result.compiled.cost_analysis())[0]
-    cost, note = aot.step_cost(result)
-    costs[scan] = (raw, cost["flops"], note)
-  assert costs[False][0] == costs[False][1] and costs[False][2] == ""
-  assert costs[True][0] < 0.9 * costs[False][0]  # the bug this corrects: blocks counted once
-  assert costs[True][1] == pytest.approx(costs[False][1], rel=0.05)  # measured: 2% apart
-  assert "student.scan" in costs[True][2]
