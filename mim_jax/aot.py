@@ -60,6 +60,7 @@ from mim_jax import chips
 from mim_jax import config as config_lib
 from mim_jax import hlo_cost
 from mim_jax import model_flops
+from mim_jax import recommend
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
@@ -490,6 +491,38 @@ def _sweep_main(f: Any, devices: Sequence[Any], hbm: Optional[float]) -> None:
   print(sweep_table(rows, devices, hbm, dict(f.config.mesh)), flush=True)
 
 
+def _recommend_main(f: Any, devices: Sequence[Any], hbm: Optional[float]) -> None:
+  """--recommend: compile candidate settings for the config's global batch and rank them
+  (mim_jax/recommend.py)."""
+  if hbm is None:
+    raise ValueError(f"--recommend needs a memory limit: no HBM size is known for "
+                     f"{devices[0].device_kind}; pass --hbm_gib.")
+  chip_name = f.chip or _GENERATION_OF_KIND.get(devices[0].device_kind)
+  if chip_name not in chips.CHIPS:
+    raise ValueError(f"--recommend times steps on a chip: pass --chip, one of "
+                     f"{sorted(chips.CHIPS)} (got {chip_name!r}).")
+  c = f.config
+  remats = f.recommend_remat or ["none", "dots", "full"]
+  for remat in remats:
+    layers.block_class(remat)  # an unknown policy: one error line before any compile
+  fsdps = [int(x) for x in (f.recommend_fsdp or sorted({1, min(16, len(devices))}))]
+  accumulates = [int(x) for x in f.recommend_accumulate]
+  scans = ([x.lower() == "true" for x in f.recommend_scan] if f.recommend_scan
+           else [bool(c.student.get("scan", False))])
+  print(f"recommending for global batch {c.batch_size} on {devices[0].device_kind} x "
+        f"{len(devices)}: remat {remats} x fsdp {fsdps} x micro-batches {accumulates} x scan "
+        f"{scans}, at most {f.recommend_max_compiles} compiles", flush=True)
+
+  def compile_fn(config, devs):
+    result = compile_step(config, devs)
+    return result.memory, step_cost(result)[0]
+  ranked = recommend.recommend(c, devices, hbm, chips.CHIPS[chip_name], remats=remats,
+                               fsdps=fsdps, accumulates=accumulates, scans=scans,
+                               max_compiles=f.recommend_max_compiles, compile_fn=compile_fn,
+                               log=lambda line: print(line, flush=True))
+  print(recommend.table(ranked, c, devices, hbm, chips.CHIPS[chip_name]), flush=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------------------------
@@ -502,6 +535,9 @@ def _main(argv: Sequence[str]) -> None:
     hbm = f.hbm_gib if f.hbm_gib is not None else hbm_gib(devices)
     if f.sweep:
       _sweep_main(f, devices, hbm)
+      return
+    if f.recommend:
+      _recommend_main(f, devices, hbm)
       return
     print(describe(f.config, devices), flush=True)
     result = compile_step(f.config, devices)
@@ -540,6 +576,20 @@ def run() -> None:
   flags.DEFINE_list("sweep_remat", None, "--sweep: remat policies (default: the config's).")
   flags.DEFINE_list("sweep_fsdp", None, "--sweep: fsdp values (default: the config's).")
   flags.DEFINE_integer("sweep_max_batch", 65536, "--sweep: the largest global batch tried.")
+  flags.DEFINE_bool("recommend", False, "Rank settings for the config's global batch on this "
+                    "slice: remat, fsdp, micro-batches per step (images per chip) and scan, each "
+                    "candidate compiled, by predicted images/s per chip within HBM.")
+  flags.DEFINE_list("recommend_remat", None, "--recommend: remat policies (default none, dots, "
+                    "full).")
+  flags.DEFINE_list("recommend_fsdp", None, "--recommend: fsdp values (default 1 and "
+                    "min(16, devices)).")
+  flags.DEFINE_list("recommend_accumulate", ["1", "2", "4", "8"], "--recommend: micro-batches "
+                    "per step (optim.accumulate_steps).")
+  flags.DEFINE_list("recommend_scan", None, "--recommend: student.scan values (default the "
+                    "config's).")
+  flags.DEFINE_integer("recommend_max_compiles", 8, "--recommend: the most candidates compiled.")
+  flags.DEFINE_string("chip", None, "--recommend: the chip whose roofline times the candidates "
+                      "(default the topology's generation).")
   flags.DEFINE_bool("breakdown", False, "Also print where the step's FLOPs and HBM bytes go: "
                     "totals per origin (teacher forward, student forward, backward, optimizer, "
                     "collectives, input) and the costliest instructions of the compiled module.")
