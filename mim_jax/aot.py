@@ -6,14 +6,17 @@ r"""Ahead-of-time compilation of the real train step for a target topology, and 
       --config.teacher.spec=/path/to/tiny_teacher --platform cpu --devices 8
   python -m mim_jax.aot ... --sweep --sweep_remat=none,full --sweep_fsdp=1,16
       (the largest global batch that fits, per remat policy and fsdp value)
+  python -m mim_jax.aot ... --breakdown      (where the step's FLOPs and HBM bytes go)
+  python -m mim_jax.aot ... --recommend      (remat / fsdp / micro-batches / scan, ranked)
 
 Out-of-memory shows up here, on a laptop, instead of on the pod: the step that `train.py` runs is
 built from the same config (same `make_setup`, same shardings, same donation), lowered with
 abstract arguments (`jax.ShapeDtypeStruct`; no parameter, teacher weight or image is ever
 materialised) and compiled by XLA for the target's devices. The compiler's own memory analysis
-per device is then compared with the chip's HBM, and XLA's cost analysis (FLOPs, bytes) gives a
-roofline estimate of the step time per chip generation (`mim_jax/chips.py`). Exit status: 0
-fits, 1 OUT OF MEMORY, 2 bad input.
+per device is then compared with the chip's HBM, and the compiled module's cost read per
+instruction (`mim_jax/hlo_cost.py`: FLOPs, HBM bytes, collective bytes, loops per trip) with the
+model's FLOPs (`mim_jax/model_flops.py`) gives a roofline estimate of the step time per chip
+generation (`mim_jax/chips.py`). Exit status: 0 fits, 1 OUT OF MEMORY, 2 bad input.
 
 TPU topologies (`--platform tpu`, the default) need libtpu (`pip install -r
 requirements-tpu.txt`); no TPU is needed: `jax.experimental.topologies` makes compile-only devices
