@@ -674,24 +674,81 @@ class ModuleCost:
     return out
 
 
-def _trip_count(module: Module, instr: Instr) -> Optional[int]:
+def _scalar(symbols: Mapping[str, Instr], name: str) -> Optional[int]:
+  """The integer a scalar operand holds when it is a constant (through copies and casts)."""
+  instr = symbols.get(name)
+  while instr is not None and instr.opcode in ("copy", "bitcast", "convert", "reshape"):
+    instr = symbols.get(instr.operands[0]) if instr.operands else None
+  if instr is None or instr.opcode != "constant":
+    return None
+  m = re.fullmatch(r"\s*(-?\d+)\s*", instr.literal)
+  return int(m.group(1)) if m else None
+
+
+def _tuple_index(symbols: Mapping[str, Instr], name: str) -> Optional[int]:
+  """k when `name` is element k of the loop state (get-tuple-element of the parameter)."""
+  instr = symbols.get(name)
+  while instr is not None and instr.opcode in ("copy", "bitcast", "convert"):
+    instr = symbols.get(instr.operands[0]) if instr.operands else None
+  if instr is None or instr.opcode != "get-tuple-element":
+    return None
+  src = symbols.get(instr.operands[0]) if instr.operands else None
+  if src is None or src.opcode != "parameter":
+    return None
+  index = instr.attr("index")
+  return int(index) if index and index.isdigit() else None
+
+
+_FLIP = {"LT": "GT", "GT": "LT", "LE": "GE", "GE": "LE", "EQ": "EQ", "NE": "NE"}
+
+
+def _trip_count(module: Module, computation: str, instr: Instr) -> Optional[int]:
+  """Iterations of a while loop: XLA's `known_trip_count` when it wrote one, else read from
+  the loop: a counter in the loop state that starts at a constant, steps by a constant in the
+  body and is compared with a constant in the condition (scans step by 1 from 0; the TPU
+  compiler's windowed matmul loops step by 2). None when the count depends on data."""
   m = re.search(r'"known_trip_count":\{"n":"(\d+)"', instr.attrs)
   if m:
     return int(m.group(1))
-  cond = instr.attr("condition")
-  if not cond:
+  cond = (instr.attr("condition") or "").lstrip("%")
+  body = (instr.attr("body") or "").lstrip("%")
+  if cond not in module.computations or body not in module.computations:
     return None
-  cond = cond.lstrip("%")
-  # `i < N` on a counter that starts at 0 and steps by 1 (how jax lowers scan / fori_loop).
-  symbols = module.symbols.get(cond, {})
-  root = _through_bitcasts(symbols, module.root(cond)) if cond in module.computations else None
-  if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs:
+  csym = module.symbols[cond]
+  root = _through_bitcasts(csym, module.root(cond))
+  direction = re.search(r"direction=(\w+)", root.attrs)
+  if root.opcode != "compare" or not direction or len(root.operands) != 2:
     return None
-  limit = symbols.get(root.operands[1]) if len(root.operands) > 1 else None
-  if limit is None or limit.opcode != "constant":
+  a, b = root.operands
+  k, limit, op = _tuple_index(csym, a), _scalar(csym, b), direction.group(1)
+  if k is None or limit is None:
+    k, limit, op = _tuple_index(csym, b), _scalar(csym, a), _FLIP[op]
+  if k is None or limit is None:
     return None
-  value = re.match(r"\s*(-?\d+)\s*$", limit.literal)
-  return int(value.group(1)) if value else None
+  state = module.symbols[computation].get(instr.operands[0]) if instr.operands else None
+  if state is None or state.opcode != "tuple" or k >= len(state.operands):
+    return None
+  start = _scalar(module.symbols[computation], state.operands[k])
+  bsym = module.symbols[body]
+  out = _through_bitcasts(bsym, module.root(body))
+  if start is None or out.opcode != "tuple" or k >= len(out.operands):
+    return None
+  update = bsym.get(out.operands[k])
+  if update is None or update.opcode not in ("add", "subtract") or len(update.operands) != 2:
+    return None
+  x, y = update.operands
+  if _tuple_index(bsym, x) == k and _scalar(bsym, y) is not None:
+    step = _scalar(bsym, y)
+  elif update.opcode == "add" and _tuple_index(bsym, y) == k and _scalar(bsym, x) is not None:
+    step = _scalar(bsym, x)
+  else:
+    return None
+  step = -step if update.opcode == "subtract" else step
+  span = {"LT": limit - start, "LE": limit - start + (1 if step > 0 else 0),
+          "GT": start - limit, "GE": start - limit + (1 if step < 0 else 0)}.get(op)
+  if span is None or step == 0:
+    return None
+  return max(0, -(-span // abs(step)))
 
 
 def analyze(text: str, num_devices: int = 1) -> ModuleCost:
@@ -711,7 +768,7 @@ def analyze(text: str, num_devices: int = 1) -> ModuleCost:
     for instr in module.computations[computation]:
       op = instr.opcode
       if op == "while":
-        trip = _trip_count(module, instr)
+        trip = _trip_count(module, computation, instr)
         body = (instr.attr("body") or "").lstrip("%")
         cond = (instr.attr("condition") or "").lstrip("%")
         loops.append(Loop(instr.name, computation, trip, count * (trip or 1)))
@@ -904,7 +961,7 @@ def _short_op_name(op_name: str, width: int = 64) -> str:
 def op_kind(o: OpCost) -> tuple[str, str, str, str]:
   """What an instruction computes, the same for every block of a stack: (origin, opcode,
   output shape, op_name with block / layer indices replaced by *)."""
-  name = re.sub(r"(block|layers_|adaptor|rel_pos_bias_|decoder_block)\d+", r"\1*", o.op_name)
+  name = re.sub(r"(block|layers|adaptor|rel_pos_bias)(_?)\d+", r"\1\2*", o.op_name)
   name = re.sub(r"\.\d+$", "", name) or o.name.split(".")[0]
   return o.origin, o.opcode, o.shape, name
 

@@ -162,3 +162,41 @@ def test_tpu_bytes_split_by_memory_space():
   inputs = (8192 * 1024 + 1024 * 4096 + 4096 * 1024) * 2
   assert cost.hbm_bytes >= inputs + 8192 * 1024 * 2  # read every input, write the result
   assert cost.bytes_in(hlo_cost.VMEM) >= 0 and cost.total_bytes >= cost.hbm_bytes
+
+
+def test_a_loop_stepping_by_two_counts_its_real_trips():
+  """A counter from 0 by 2 while < 8: four trips, not eight."""
+  def f(x, w):
+    def body(carry):
+      i, y = carry
+      return i + 2, jnp.tanh(y @ w)
+    return jax.lax.while_loop(lambda c: c[0] < 8, body, (0, x))[1]
+  compiled = compile_cpu(f, (64, 128), (128, 128))
+  cost = hlo_cost.analyze(compiled.as_text())
+  assert [l.trip_count for l in cost.loops] == [4]
+  assert cost.matmul_flops == 4 * 2 * 64 * 128 * 128
+
+
+def test_fsdp_matmul_split_into_a_windowed_loop_counts_in_full():
+  """The fsdp FLOP puzzle (docs/tpu_cost.md): on a 16-chip fsdp axis the TPU compiler turns an
+  all-gathered matmul of a real step's size into a loop of 4 trips (a windowed, collective
+  matmul, its counter stepping by 2); XLA's cost analysis counts that body once, a quarter of
+  the work. Read per trip, the matmul counts in full."""
+  pytest.importorskip("libtpu", reason="TPU topologies need libtpu (requirements-tpu.txt)")
+  from mim_jax import aot, sharding  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 16}, devices=aot.tpu_devices("v5e:4x4"))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None))
+  cols = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "fsdp"))
+  b, d, m = 16 * 16 * 59, 768, 3072  # 16 images of 59 visible tokens per chip, ViT-B's fc1
+
+  def fc1(x, w):
+    return jnp.einsum("nd,dm->nm", x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                      preferred_element_type=F32)
+  compiled = jax.jit(fc1, out_shardings=rows).lower(
+      jax.ShapeDtypeStruct((b, d), F32, sharding=rows),
+      jax.ShapeDtypeStruct((d, m), F32, sharding=cols)).compile()
+  cost = hlo_cost.analyze(compiled.as_text(), 16)
+  assert "windowed_dot_general" in compiled.as_text()
+  assert [l.trip_count for l in cost.loops] == [4]
+  assert cost.matmul_flops == 2 * b * d * m / 16  # every chip's share of the matmul
+  assert xla(compiled)[0] < 0.3 * cost.matmul_flops  # what XLA's total says
