@@ -93,9 +93,13 @@ def test_command_line_exits_non_zero_when_out_of_memory(tiny_vit_teacher_dir):
       [sys.executable, "-m", "mim_jax.aot", "--config",
        "configs/maskalign_b16_clip_b16.py:runlocal=True",
        f"--config.teacher.spec={tiny_vit_teacher_dir}", "--platform=cpu", "--devices", "4",
-       "--hbm_gib=1e-6"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+       "--hbm_gib=1e-6", "--breakdown", "--top=3"], capture_output=True, text=True, env=env,
+      cwd=ROOT, timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
   assert "cpu x 4 devices" in r.stdout and "OUT OF MEMORY" in r.stdout
+  # --breakdown on CPU: one memory space, the origins of the step's parts
+  assert "top 3 by HBM bytes" in r.stdout and "teacher forward" in r.stdout
+  assert "backward" in r.stdout and "optimizer" in r.stdout
   assert ("compiling the maskalign step for cpu x 4: mesh {'data': 4, 'fsdp': 1, 'model': 1}, "
           "4 images per device (global 16), precision float32, remat none") in r.stdout
   r = subprocess.run([sys.executable, "-m", "mim_jax.aot", "--config",
