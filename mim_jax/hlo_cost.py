@@ -877,42 +877,38 @@ def _op_cost(module: Module, computation: str, symbols: Mapping[str, Instr], ins
 
 
 def _inherit_origins(module: Module, ops: list[OpCost]) -> None:
-  """Instructions without op_name metadata (prefetch copies, layout copies) take the origin of
-  the instruction whose result they move, or of the first one that uses them."""
-  by_name = {(o.computation, o.name): o for o in ops}
+  """Instructions without op_name metadata (prefetch copies, asynchronous slices of the
+  parameters) take the origin of the nearest instruction with one among those whose result
+  they move, else among those that use them (a few levels each way, breadth first)."""
   users: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
   for c, body in module.computations.items():
     for i in body:
       for src in i.operands:
         users[(c, src)].append(i.name)
 
-  def find(c: str, name: str, depth: int = 0) -> str:
-    if depth > 8:
-      return "other"
-    instr = module.symbols[c].get(name)
-    if instr is None:
-      return "other"
-    known = origin(instr.op_name, instr.opcode) if instr.op_name else "other"
-    if known != "other":
-      return known
-    for src in instr.operands:
-      got = find(c, src, depth + 1)
-      if got != "other":
-        return got
+  def search(c: str, start: str, neighbours) -> str:
+    seen, frontier = {start}, [start]
+    for _ in range(6):
+      following = []
+      for name in frontier:
+        for n in neighbours(c, name):
+          instr = module.symbols[c].get(n)
+          if n in seen or instr is None:
+            continue
+          seen.add(n)
+          if instr.op_name and origin(instr.op_name, instr.opcode) != "other":
+            return origin(instr.op_name, instr.opcode)
+          following.append(n)
+      frontier = following[:64]
     return "other"
 
+  producers = lambda c, name: module.symbols[c][name].operands if name in module.symbols[c] else ()
+  consumers = lambda c, name: users[(c, name)]
   for o in ops:
-    if o.origin != "other" or o.op_name:
-      continue
-    got = find(o.computation, o.name)
-    if got == "other":
-      for u in users[(o.computation, o.name)]:
-        instr = module.symbols[o.computation][u]
-        if instr.op_name:
-          got = origin(instr.op_name, instr.opcode)
-          break
-    o.origin = got
-  del by_name
+    if o.origin == "other" and not o.op_name:
+      o.origin = search(o.computation, o.name, producers)
+      if o.origin == "other":
+        o.origin = search(o.computation, o.name, consumers)
 
 
 def step_cost(cost: ModuleCost, *, model_flops: Optional[float] = None,
