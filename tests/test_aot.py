@@ -117,6 +117,12 @@ def test_tpu_topology_compiles_without_a_tpu(tiny_vit_teacher_dir):
   assert min(result.memory.argument, result.memory.temp, result.memory.total) > 0
   text, fits = aot.report(result, devices, aot.hbm_gib(devices))
   assert fits and "TPU v5 lite x 4 devices" in text
+  # The roofline's HBM bytes and XLA's total beside them come from this one compiled module.
+  cost, _ = aot.step_cost(result)
+  assert (cost.xla_flops, cost.xla_bytes) == aot.chips.step_cost(result.compiled.cost_analysis())
+  again = aot.hlo_cost.analyze(result.compiled.as_text(), 4)
+  assert 0 < cost.hbm_bytes == again.hbm_bytes < cost.total_bytes == again.total_bytes
+  assert f"HBM {cost.hbm_bytes / 1e9:.2f} GB" in text
 
 
 def test_tpu_compiler_refusing_the_step_is_out_of_memory(tiny_vit_teacher_dir):

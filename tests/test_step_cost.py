@@ -46,6 +46,7 @@ def test_scanned_step_costs_the_unscanned_flops_on_cpu(tiny_vit_teacher_dir):
   assert flat.hbm_bytes <= scan.hbm_bytes <= 1.3 * flat.hbm_bytes
 
 
+@pytest.mark.slow
 def test_tpu_step_figures_come_from_one_module_and_scan_costs_the_same(tiny_vit_teacher_dir):
   """v5e:2x2: the roofline's HBM bytes and the every-space total are read from the compiled
   module whose own cost analysis is printed beside them; HBM is part of the total (the rest is
