@@ -41,7 +41,9 @@ import json
 import math
 import re
 import sys
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
+
+from mim_jax.step import SCOPES
 
 HBM = 0  # memory space of device memory (HBM on TPU and GPU, RAM on CPU)
 VMEM = 1  # TPU on-chip vector memory
@@ -234,6 +236,7 @@ def parse_instruction(line: str) -> Optional[Instr]:
 class Module:
   computations: dict[str, list[Instr]]
   entry: str
+  work: dict = dataclasses.field(default_factory=dict, repr=False)  # computation -> Work
 
   def __post_init__(self):
     self.symbols = {c: {i.name: i for i in body} for c, body in self.computations.items()}
@@ -359,16 +362,14 @@ class Work:
     return self
 
 
-def computation_work(module: Module, name: str, _cache: Optional[dict] = None) -> Work:
+def computation_work(module: Module, name: str) -> Work:
   """The arithmetic of one execution of computation `name` (a fused computation's body)."""
-  cache = module.__dict__.setdefault("_work_cache", {}) if _cache is None else _cache
-  if name in cache:
-    return cache[name]
-  total = Work()
-  for instr in module.computations.get(name, []):
-    total += instruction_work(module, name, instr)
-  cache[name] = total
-  return total
+  if name not in module.work:
+    total = Work()
+    for instr in module.computations.get(name, []):
+      total += instruction_work(module, name, instr)
+    module.work[name] = total
+  return module.work[name]
 
 
 def instruction_work(module: Module, computation: str, instr: Instr) -> Work:
@@ -423,8 +424,7 @@ def _add(spaces: Spaces, array: Array, nbytes: Optional[float] = None) -> None:
 
 
 def _through_bitcasts(symbols: Mapping[str, Instr], instr: Instr) -> Instr:
-  while instr.opcode in ("bitcast", "reshape", "copy") and instr.operands and \
-      instr.operands[0] in symbols and instr.opcode == "bitcast":
+  while instr.opcode == "bitcast" and instr.operands and instr.operands[0] in symbols:
     instr = symbols[instr.operands[0]]
   return instr
 
@@ -571,16 +571,11 @@ def origin(op_name: str, opcode: str) -> str:
   parts = re.split(r"[/()]", op_name)
   if "transpose" in parts:
     return "backward"
-  if "teacher_forward" in parts:
-    return "teacher forward"
-  if "optimizer" in parts:
-    return "optimizer"
-  if "masks" in parts:
-    return "input & masks"
-  if "student" in parts:
-    return "student forward"
-  if "loss" in parts:
-    return "loss"
+  for key, name in (("teacher", "teacher forward"), ("optimizer", "optimizer"),
+                    ("masks", "input & masks"), ("student", "student forward"),
+                    ("loss", "loss")):
+    if SCOPES[key] in parts:
+      return name
   return "other"
 
 
