@@ -6,15 +6,18 @@ r"""Ahead-of-time compilation of the real train step for a target topology, and 
       --platform cpu --devices 8   (the demo's teacher, as `main` finds it: trained on first use)
   python -m mim_jax.aot ... --sweep --sweep_remat=none,full --sweep_fsdp=1,16
       (the largest global batch that fits, per remat policy and fsdp value)
+  python -m mim_jax.aot ... --breakdown      (where the step's FLOPs and HBM bytes go)
+  python -m mim_jax.aot ... --recommend      (remat / fsdp / micro-batches / scan, ranked)
 
 Out-of-memory shows up here, on a laptop, instead of on the pod: the step that `train.py` runs is
 built from the same config by the same code (`assembly.load_teacher` reading only the teachers'
 config.json, `assembly.make_setup`, the same shardings and donation), lowered with abstract
 arguments (`jax.ShapeDtypeStruct`; no parameter, teacher weight or image is ever materialised)
 and compiled by XLA for the target's devices. The compiler's own memory analysis per device is
-then compared with the chip's HBM, and XLA's cost analysis (FLOPs, bytes) gives a
-roofline estimate of the step time per chip generation (`mim_jax/chips.py`). Exit status: 0
-fits, 1 OUT OF MEMORY, 2 bad input.
+then compared with the chip's HBM, and the compiled module's cost read per instruction
+(`mim_jax/hlo_cost.py`: FLOPs, HBM bytes, collective bytes, loops per trip) with the model's
+FLOPs (`mim_jax/model_flops.py`) gives a roofline estimate of the step time per chip generation
+(`mim_jax/chips.py`). Exit status: 0 fits, 1 OUT OF MEMORY, 2 bad input.
 
 TPU topologies (`--platform tpu`, the default) need libtpu (`pip install -r
 requirements-tpu.txt`); no TPU is needed: `jax.experimental.topologies` makes compile-only devices
@@ -59,7 +62,11 @@ import ml_collections
 from mim_jax import assembly
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import chips
+from mim_jax import config as config_lib
 from mim_jax import demo
+from mim_jax import hlo_cost
+from mim_jax import model_flops
+from mim_jax import recommend
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
@@ -235,31 +242,38 @@ def compile_step(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> C
                   mesh_shape=dict(mesh.shape), teacher_bytes=shard_bytes(t_params))
 
 
-def step_cost(result: Compiled) -> tuple[dict[str, float], str]:
-  """XLA's cost of the compiled step per chip, {"flops", "bytes accessed"}, and a note.
+def step_cost(result: Compiled) -> tuple[chips.StepCost, hlo_cost.ModuleCost]:
+  """The compiled step's cost per chip, and its per-instruction reading (`mim_jax.hlo_cost`:
+  loops counted per trip, HBM bytes apart) with the model's FLOPs (`mim_jax.model_flops`) and
+  XLA's own totals of the same compiled module beside."""
+  module = hlo_cost.analyze(result.compiled.as_text(), math.prod(result.mesh_shape.values()))
+  xla_flops, xla_bytes = chips.step_cost(result.compiled.cost_analysis())
+  return hlo_cost.step_cost(module, model_flops=model_flops_per_chip(result),
+                            xla_flops=xla_flops, xla_bytes=xla_bytes), module
 
-  XLA's cost analysis counts a loop's body once, so a scanned student's blocks would count as
-  one: then both figures are scaled by the ratio of the FLOPs of the unscanned to the scanned
-  step, each lowered (not compiled) for one CPU device at the per-chip batch (libtpu gives no
-  cost of a lowered step) -- an approximation, and the note says so.
-  """
+
+def model_flops_per_chip(result: Compiled) -> Optional[float]:
+  """The model's FLOPs of one step (`mim_jax.model_flops`) over the devices; None where no count
+  exists (the hybrid student)."""
+  try:
+    total = model_flops.count(result.setup.config, result.setup.teacher).total
+  except NotImplementedError:
+    return None
+  return total / math.prod(result.mesh_shape.values())
+
+
+def save_hlo(result: Compiled, path: str) -> None:
+  """The compiled module's text at `path`, and beside it (<path>.json) XLA's own figures of the
+  same compile: cost analysis (flops, bytes accessed) and memory analysis, per device."""
+  import json  # pylint: disable=import-outside-toplevel
+  with open(path, "w") as fh:
+    fh.write(result.compiled.as_text())
   flops, nbytes = chips.step_cost(result.compiled.cost_analysis())
-  config = result.setup.config
-  if not config.student.get("scan"):
-    return {"flops": flops, "bytes accessed": nbytes}, ""
-  shards = result.mesh_shape["data"] * result.mesh_shape["fsdp"]
-  lowered_flops = {}
-  for scan in (False, True):
-    one = config.copy_and_resolve_references()
-    one.student.scan, one.cpu_matmul_layout = scan, False
-    one.mesh.data, one.mesh.fsdp, one.mesh.model = 1, 1, 1
-    one.batch_size = config.batch_size // max(shards, 1)
-    lowered = lower_step(one, jax.devices("cpu")[:1])[0]
-    lowered_flops[scan] = chips.step_cost(lowered.cost_analysis())[0]
-  ratio = lowered_flops[False] / lowered_flops[True] if lowered_flops[True] else 1.0
-  note = (f"(student.scan: XLA counts the scanned blocks once; FLOPs and bytes scaled by "
-          f"{ratio:.2f}, the unscanned/scanned FLOP ratio of the step lowered for one CPU device)")
-  return {"flops": flops * ratio, "bytes accessed": nbytes * ratio}, note
+  with open(path + ".json", "w") as fh:
+    json.dump({"flops": flops, "bytes accessed": nbytes,
+               "model_flops": model_flops_per_chip(result),
+               "memory": dataclasses.asdict(result.memory), "mesh": result.mesh_shape}, fh,
+              indent=1)
 
 
 def shard_bytes(tree: Any) -> int:
@@ -268,8 +282,10 @@ def shard_bytes(tree: Any) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tuple[str, bool]:
-  """(a printable table, fits). Without a known HBM size `fits` is True and no verdict is given."""
+def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float],
+           breakdown: int = 0) -> tuple[str, bool]:
+  """(a printable table, fits). Without a known HBM size `fits` is True and no verdict is given.
+  `breakdown` > 0 adds where the step's FLOPs and bytes go (that many costliest instructions)."""
   m = result.memory
   config = result.setup.config
   per_device = config.batch_size // max(result.mesh_shape["data"] * result.mesh_shape["fsdp"], 1)
@@ -290,9 +306,11 @@ def report(result: Compiled, devices: Sequence[Any], hbm: Optional[float]) -> tu
           ("  of which aliased to donated args", m.alias), ("temporaries", m.temp),
           ("generated code", m.code), ("total (args + out - alias + temp + code)", m.total)]
   lines += [f"  {name:<42}{value / 2**20:11.1f}{value / GIB:9.3f}" for name, value in rows]
-  cost, note = step_cost(result)
+  cost, module = step_cost(result)
   roof = ["", chips.roofline_table(cost, target=_GENERATION_OF_KIND.get(devices[0].device_kind))]
-  roof += [note] if note else []
+  roof += hlo_cost.notes(module, cost)
+  if breakdown:
+    roof += ["", hlo_cost.breakdown(module, top=breakdown)]
   if hbm is None:
     lines.append("  (no HBM size known for this device: no verdict; pass --hbm_gib)")
     return "\n".join(lines + roof), True
@@ -420,6 +438,39 @@ def _sweep_main(f: Any, config: ml_collections.ConfigDict, devices: Sequence[Any
   print(sweep_table(rows, devices, hbm, dict(config.mesh)), flush=True)
 
 
+def _recommend_main(f: Any, config: ml_collections.ConfigDict, devices: Sequence[Any],
+                    hbm: Optional[float]) -> None:
+  """--recommend: compile candidate settings for the config's global batch and rank them
+  (mim_jax/recommend.py)."""
+  if hbm is None:
+    raise ValueError(f"--recommend needs a memory limit: no HBM size is known for "
+                     f"{devices[0].device_kind}; pass --hbm_gib.")
+  chip_name = f.chip or _GENERATION_OF_KIND.get(devices[0].device_kind)
+  if chip_name not in chips.CHIPS:
+    raise ValueError(f"--recommend times steps on a chip: pass --chip, one of "
+                     f"{sorted(chips.CHIPS)} (got {chip_name!r}).")
+  c = config
+  remats = f.recommend_remat or ["none", "dots", "full"]
+  for remat in remats:
+    layers.block_class(remat)  # an unknown policy: one error line before any compile
+  fsdps = [int(x) for x in (f.recommend_fsdp or sorted({1, min(16, len(devices))}))]
+  accumulates = [int(x) for x in f.recommend_accumulate]
+  scans = ([x.lower() == "true" for x in f.recommend_scan] if f.recommend_scan
+           else [bool(c.student.get("scan", False))])
+  print(f"recommending for global batch {c.batch_size} on {devices[0].device_kind} x "
+        f"{len(devices)}: remat {remats} x fsdp {fsdps} x micro-batches {accumulates} x scan "
+        f"{scans}, at most {f.recommend_max_compiles} compiles", flush=True)
+
+  def compile_fn(config, devs):
+    result = compile_step(config, devs)
+    return result.memory, step_cost(result)[0]
+  ranked = recommend.recommend(c, devices, hbm, chips.CHIPS[chip_name], remats=remats,
+                               fsdps=fsdps, accumulates=accumulates, scans=scans,
+                               max_compiles=f.recommend_max_compiles, compile_fn=compile_fn,
+                               log=lambda line: print(line, flush=True))
+  print(recommend.table(ranked, c, devices, hbm, chips.CHIPS[chip_name]), flush=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------------------------
@@ -433,6 +484,9 @@ def _main(argv: Sequence[str]) -> None:
     config = demo.resolve_teachers(f.config)  # as `main` does: the demo's teacher by its path
     if f.sweep:
       _sweep_main(f, config, devices, hbm)
+      return
+    if f.recommend:
+      _recommend_main(f, config, devices, hbm)
       return
     print(describe(config, devices), flush=True)
     result = compile_step(config, devices)
@@ -448,7 +502,9 @@ def _main(argv: Sequence[str]) -> None:
           f"not fit the step into {limit} per device:\n{str(e)[:2000]}\n\nLevers:\n{advice}",
           flush=True)
     sys.exit(1)
-  text, fits = report(result, devices, hbm)
+  if f.save_hlo:
+    save_hlo(result, f.save_hlo)
+  text, fits = report(result, devices, hbm, breakdown=f.top if f.breakdown else 0)
   print(text, flush=True)
   if not fits:
     sys.exit(1)  # OUT OF MEMORY
@@ -469,6 +525,27 @@ def run() -> None:
   flags.DEFINE_list("sweep_remat", None, "--sweep: remat policies (default: the config's).")
   flags.DEFINE_list("sweep_fsdp", None, "--sweep: fsdp values (default: the config's).")
   flags.DEFINE_integer("sweep_max_batch", 65536, "--sweep: the largest global batch tried.")
+  flags.DEFINE_bool("recommend", False, "Rank settings for the config's global batch on this "
+                    "slice: remat, fsdp, micro-batches per step (images per chip) and scan, each "
+                    "candidate compiled, by predicted images/s per chip within HBM.")
+  flags.DEFINE_list("recommend_remat", None, "--recommend: remat policies (default none, dots, "
+                    "full).")
+  flags.DEFINE_list("recommend_fsdp", None, "--recommend: fsdp values (default 1 and "
+                    "min(16, devices)).")
+  flags.DEFINE_list("recommend_accumulate", ["1", "2", "4", "8"], "--recommend: micro-batches "
+                    "per step (optim.accumulate_steps).")
+  flags.DEFINE_list("recommend_scan", None, "--recommend: student.scan values (default the "
+                    "config's).")
+  flags.DEFINE_integer("recommend_max_compiles", 8, "--recommend: the most candidates compiled.")
+  flags.DEFINE_string("chip", None, "--recommend: the chip whose roofline times the candidates "
+                      "(default the topology's generation).")
+  flags.DEFINE_bool("breakdown", False, "Also print where the step's FLOPs and HBM bytes go: "
+                    "totals per origin (teacher forward, student forward, backward, optimizer, "
+                    "collectives, input) and the costliest instructions of the compiled module.")
+  flags.DEFINE_integer("top", 15, "--breakdown: how many instructions to list.")
+  flags.DEFINE_string("save_hlo", None, "Write the compiled step's HLO text to this path (and "
+                      "XLA's cost and memory analysis to <path>.json) for `python -m "
+                      "mim_jax.hlo_cost <path>` to read again without compiling.")
   flags.mark_flags_as_required(["config"])
   app.run(_main)
 

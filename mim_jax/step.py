@@ -25,6 +25,12 @@ from mim_jax.models import layers, platforms
 
 PyTree = Any
 
+# Named scopes of the step's parts: they prefix the op_name metadata of every HLO instruction
+# traced inside (the backward pass's as "transpose(jvp(<scope>))"), which is how
+# `mim_jax.hlo_cost` tells where an op of the compiled step comes from.
+SCOPES = {"teacher": "teacher_forward", "masks": "masks", "student": "student",
+          "loss": "loss", "optimizer": "optimizer"}
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -160,7 +166,8 @@ def teacher_forward(setup: Setup, teacher_params: PyTree, images: jax.Array) -> 
   def one(teacher, params):
     out = teacher.apply(params, images, attn_layers=(teacher.depth - 1,) if needs_attn else ())
     return jax.lax.stop_gradient(out)
-  return teachers.map_teachers(one, setup.teacher, teacher_params)
+  with jax.named_scope(SCOPES["teacher"]):
+    return teachers.map_teachers(one, setup.teacher, teacher_params)
 
 
 def train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: dict
@@ -175,12 +182,15 @@ def _loss_and_grads(setup: Setup, params: PyTree, teacher_params: PyTree, batch:
   """((loss, metrics), grads) of one (micro-)batch: teacher, masks, student, objective."""
   rng_mask, rng_drop = jax.random.split(rng)
   teacher_out = teacher_forward(setup, teacher_params, batch["image"])
-  masks = compute_masks(setup, rng_mask, batch, teacher_out)
+  with jax.named_scope(SCOPES["masks"]):
+    masks = compute_masks(setup, rng_mask, batch, teacher_out)
 
   def loss_of(p):
-    out = setup.model.apply({"params": p}, batch["image"], masks, train=True,
-                            rngs={"dropout": rng_drop})
-    return setup.objective.loss_fn(out, teacher_out, masks, batch, setup.config)
+    with jax.named_scope(SCOPES["student"]):
+      out = setup.model.apply({"params": p}, batch["image"], masks, train=True,
+                              rngs={"dropout": rng_drop})
+    with jax.named_scope(SCOPES["loss"]):
+      return setup.objective.loss_fn(out, teacher_out, masks, batch, setup.config)
 
   return jax.value_and_grad(loss_of, has_aux=True)(params)
 
@@ -218,11 +228,12 @@ def _train_step(setup: Setup, state: TrainState, teacher_params: PyTree, batch: 
     zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, jnp.result_type(s.dtype, jnp.float32)), zeros)
     (loss, metrics), grads = jax.lax.scan(body, zeros, (jnp.arange(k), micro))[0]
-  updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=loss, lr=setup.schedule(state.step),
-                 grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
-                 update_norm=optax.global_norm(updates))
+  with jax.named_scope(SCOPES["optimizer"]):
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, lr=setup.schedule(state.step),
+                   grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                   update_norm=optax.global_norm(updates))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
