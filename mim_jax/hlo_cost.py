@@ -43,6 +43,7 @@ import re
 import sys
 from typing import Callable, Mapping, Optional, Sequence
 
+from mim_jax import chips
 from mim_jax.step import SCOPES
 
 HBM = 0  # memory space of device memory (HBM on TPU and GPU, RAM on CPU)
@@ -909,7 +910,6 @@ def _inherit_origins(module: Module, ops: list[OpCost]) -> None:
 def step_cost(cost: ModuleCost, *, model_flops: Optional[float] = None,
               xla_flops: Optional[float] = None, xla_bytes: Optional[float] = None):
   """The roofline's input (`chips.StepCost`) from one module's reading."""
-  from mim_jax import chips  # pylint: disable=import-outside-toplevel
   return chips.StepCost(flops=cost.matmul_flops, other_flops=cost.flops - cost.matmul_flops,
                         hbm_bytes=cost.hbm_bytes, ici_bytes=cost.ici_bytes,
                         model_flops=model_flops, total_bytes=cost.total_bytes,
@@ -1018,7 +1018,6 @@ def _pct(part: float, whole: float) -> str:
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> None:
-  from mim_jax import chips  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("hlo", help="an HLO text file (aot --save_hlo)")
   parser.add_argument("--chip", default=None, help=f"one of {sorted(chips.CHIPS)}")

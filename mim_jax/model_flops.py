@@ -25,6 +25,7 @@ import ml_collections
 
 from mim_jax import config as config_lib
 from mim_jax import masking
+from mim_jax.objectives import maskalign
 
 
 @dataclasses.dataclass
@@ -216,7 +217,6 @@ def count(config: ml_collections.ConfigDict, teacher: Any = None) -> Flops:
   teachers = _each_teacher(teacher)
   attentive = config.get("mask") and config.mask.get("kind") in ("attentive", "focused")
   if method == "maskalign":
-    from mim_jax.objectives import maskalign  # pylint: disable=import-outside-toplevel
     (t,) = teachers
     weights = maskalign.layer_weights(obj.layer_weights, t.depth, obj.top_k, obj.mid_layer)
     used = [j for j, w in enumerate(weights) if w > 0]
