@@ -149,6 +149,7 @@ def test_cpu_layout_of_the_compiled_step(tmp_path):
   def hlo(layout: bool) -> str:
     c = maskalign_b16_clip_b16.get_config("variant=Ti/16")  # depth 12, 59 visible tokens
     c.teacher.spec = str(tmp_path)
+    c.objective.top_k = 1  # the teacher has one layer
     c.batch_size = 4  # no width of these models is 4
     c.cpu_matmul_layout = layout
     return aot.compile_step(c, aot.cpu_devices(1)).compiled.as_text()
