@@ -51,16 +51,14 @@ import numpy as np
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import init_from
+from mim_jax.data import normalization
 from mim_jax.models import vit as vit_lib
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
 
 Params = Mapping[str, Any]
 
-STUDENT_MEAN = (0.485, 0.456, 0.406)  # the student's input normalisation (ImageNet)
-STUDENT_STD = (0.229, 0.224, 0.225)
 LN_EPS = 1e-6  # the student's LayerNorm epsilon (layers.Block default, ViT's final norm)
-CROP_PCT = 0.875  # the student's evaluation centre crop (data.preprocess.eval_op's default)
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -224,21 +222,17 @@ def hf_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
   return sd
 
 
-def eval_resize(image_size: int, crop_pct: float = CROP_PCT) -> int:
-  """The shorter side before the centre crop of the student's evaluation (`preprocess.eval_op`)."""
-  return int(round(image_size / crop_pct))
-
-
 def _save_preprocessor(out_dir: str, image_size: int, crop_pct: float) -> None:
   """preprocessor_config.json reproducing the student's evaluation preprocessing: shorter side
   to image_size / crop_pct (bicubic), centre crop image_size, ImageNet mean/std. (transformers'
   ViT processor would squash the photo to a square with mean/std 0.5.)"""
   from transformers import CLIPImageProcessorPil  # pylint: disable=import-outside-toplevel
   CLIPImageProcessorPil(
-      do_resize=True, size={"shortest_edge": eval_resize(image_size, crop_pct)}, resample=3,  # bicubic
+      do_resize=True, size={"shortest_edge": normalization.eval_resize(image_size, crop_pct)},
+      resample=3,  # bicubic
       do_center_crop=True, crop_size={"height": image_size, "width": image_size},
       do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-      image_mean=list(STUDENT_MEAN), image_std=list(STUDENT_STD),
+      image_mean=list(normalization.STUDENT_MEAN), image_std=list(normalization.STUDENT_STD),
       do_convert_rgb=True).save_pretrained(out_dir)
 
 
@@ -250,7 +244,8 @@ def _save_safetensors(sd: Mapping[str, np.ndarray], path: str) -> None:
 
 
 def export_hf(params: Params, vit_module: ViT, out_dir: str, *, head: Optional[Params] = None,
-              labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT) -> str:
+              labels: Optional[Sequence[str]] = None,
+              crop_pct: float = normalization.CROP_PCT) -> str:
   """Writes a transformers checkpoint directory of the student (and CLS head); returns out_dir.
 
   Inputs of the torch model are the student's: ImageNet-normalised pixels, NCHW (the written
@@ -347,7 +342,7 @@ def timm_architecture(vit: ViT) -> str:
 
 
 def timm_config(vit: ViT, head: Optional[Params] = None,
-                labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT
+                labels: Optional[Sequence[str]] = None, crop_pct: float = normalization.CROP_PCT
                 ) -> dict[str, Any]:
   """timm's config.json of a local-dir / Hub folder: architecture, model_args and the
   pretrained_cfg timm's data config reads (the student's evaluation preprocessing)."""
@@ -363,7 +358,8 @@ def timm_config(vit: ViT, head: Optional[Params] = None,
           "tag": "mim_jax", "custom_load": False,
           "input_size": [3, vit.image_size, vit.image_size], "fixed_input_size": True,
           "interpolation": "bicubic", "crop_pct": crop_pct, "crop_mode": "center",
-          "mean": list(STUDENT_MEAN), "std": list(STUDENT_STD), "num_classes": num_classes,
+          "mean": list(normalization.STUDENT_MEAN), "std": list(normalization.STUDENT_STD),
+          "num_classes": num_classes,
           "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head",
       },
   }
@@ -374,7 +370,7 @@ def timm_config(vit: ViT, head: Optional[Params] = None,
 
 
 def export_timm(params: Params, vit_module: ViT, out_dir: str, *, head: Optional[Params] = None,
-                labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT
+                labels: Optional[Sequence[str]] = None, crop_pct: float = normalization.CROP_PCT
                 ) -> dict[str, Any]:
   """Writes timm's folder (config.json + model.safetensors) at `out_dir`; returns the config.
 
@@ -480,7 +476,7 @@ def export_workdir(workdir: str, out_dir: str, fmt: str, *, step: Optional[int] 
   elif labels is not None:
     raise ValueError("--labels names a classifier's classes; this run has no head.")
   student = params["student"]
-  crop_pct = config.data.get("crop_pct", CROP_PCT)
+  crop_pct = config.data.get("crop_pct", normalization.CROP_PCT)
   if fmt == "hf":
     export_hf(student, vit, out_dir, head=head, labels=labels, crop_pct=crop_pct)
   else:

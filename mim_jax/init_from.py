@@ -49,11 +49,11 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from mim_jax.data import normalization
 from mim_jax.models import vit as vit_lib
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers import clip
 from mim_jax.teachers import resize
-from mim_jax.teachers import teacher as teacher_lib
 from mim_jax.teachers import vit as hf_vit
 from mim_jax.teachers import zoo
 
@@ -316,7 +316,7 @@ def clip_patch_embedding(kernel: np.ndarray, mean: Any, std: Any) -> tuple[np.nd
   """CLIP's patch kernel [p, p, 3, D] (no bias, on pixels normalised by CLIP's mean/std) as the
   (kernel [p, p, 3, D], bias [D]) of the same function on student-normalised pixels:
   (x * s_student + m_student - m_clip) / s_clip per channel, folded into the convolution."""
-  m_s, s_s = np.asarray(teacher_lib.STUDENT_MEAN), np.asarray(teacher_lib.STUDENT_STD)
+  m_s, s_s = np.asarray(normalization.STUDENT_MEAN), np.asarray(normalization.STUDENT_STD)
   m_c, s_c = np.asarray(mean, np.float64), np.asarray(std, np.float64)
   k = kernel.astype(np.float64)
   scaled = k * (s_s / s_c)[None, None, :, None]

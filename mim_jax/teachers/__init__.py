@@ -15,7 +15,8 @@ and `load`).
 """
 from mim_jax.teachers.checkpoint_io import CheckpointError
 from mim_jax.teachers.network import Arch, TeacherNet
-from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD, Teacher, each, map_teachers
+from mim_jax.data.normalization import STUDENT_MEAN, STUDENT_STD
+from mim_jax.teachers.teacher import Teacher, each, map_teachers
 from mim_jax.teachers.zoo import KNOWN, load, random_teacher
 
 __all__ = ["Arch", "CheckpointError", "KNOWN", "STUDENT_MEAN", "STUDENT_STD", "Teacher",
