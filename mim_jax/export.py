@@ -46,13 +46,13 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import init_from
+from mim_jax.convert import layout
+from mim_jax.convert import scan
 from mim_jax.data import normalization
-from mim_jax.models import vit as vit_lib
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
 
@@ -60,14 +60,6 @@ Params = Mapping[str, Any]
 
 LN_EPS = 1e-6  # the student's LayerNorm epsilon (layers.Block default, ViT's final norm)
 WEIGHTS_FILE = "model.safetensors"
-
-
-# --------------------------------------------------------------------------------------------
-# Array helpers.
-# --------------------------------------------------------------------------------------------
-def _np(x: Any) -> np.ndarray:
-  """A writable host float32 copy (params must be fully addressable: one host, or gathered)."""
-  return np.array(jax.device_get(x), np.float32)
 
 
 # Pretraining-only inputs of the student (inpainting / robust-MAE mask tokens): not part of
@@ -81,34 +73,11 @@ def _unwrap(params: Params) -> Params:
   params = nn.meta.unbox(params)
   if set(params) == {"params"}:
     params = params["params"]
-  return vit_lib.unstack_blocks(dict(params))
-
-
-def conv_weight(kernel: Any) -> np.ndarray:
-  """HWIO [p, p, C, D] -> torch conv [D, C, p, p]."""
-  return _np(kernel).transpose(3, 2, 0, 1)
-
-
-def linear_weight(kernel: Any) -> np.ndarray:
-  """[in, out] -> torch linear [out, in]."""
-  return _np(kernel).T
-
-
-def qkv_weights(kernel: Any) -> list[np.ndarray]:
-  """[D, 3, H, Dh] -> three torch linear weights [H*Dh, D] (q, k, v)."""
-  k = _np(kernel)
-  d = k.shape[0]
-  return [np.ascontiguousarray(k[:, t].reshape(d, -1).T) for t in range(3)]
-
-
-def out_weight(kernel: Any) -> np.ndarray:
-  """[H, Dh, D] -> torch linear [D, H*Dh]."""
-  k = _np(kernel)
-  return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
+  return scan.unstack_blocks(dict(params))
 
 
 def _ln(p: Params) -> tuple[np.ndarray, np.ndarray]:
-  return _np(p["scale"]), _np(p["bias"])
+  return layout.host(p["scale"]), layout.host(p["bias"])
 
 
 def check_student(params: Params, vit: ViT) -> None:
@@ -191,34 +160,35 @@ def hf_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
                      "final norm; this head average-pools with fc_norm: export it with "
                      "export_timm (global_pool='avg'), or export the encoder alone (head=None).")
   sd = {
-      "embeddings.cls_token": _np(params["cls"]),
-      "embeddings.position_embeddings": vit_lib.position_embedding(params, vit)[None],
-      "embeddings.patch_embeddings.projection.weight": conv_weight(params["patch_embed"]["kernel"]),
-      "embeddings.patch_embeddings.projection.bias": _np(params["patch_embed"]["bias"]),
+      "embeddings.cls_token": layout.host(params["cls"]),
+      "embeddings.position_embeddings": layout.position_embedding(params, vit)[None],
+      "embeddings.patch_embeddings.projection.weight":
+          layout.conv_weight(params["patch_embed"]["kernel"]),
+      "embeddings.patch_embeddings.projection.bias": layout.host(params["patch_embed"]["bias"]),
   }
   sd["layernorm.weight"], sd["layernorm.bias"] = _ln(params["norm"])
   for i in range(vit.depth):
     b, p = params[f"block{i}"], f"encoder.layer.{i}."
     attn = b["attn"]
-    for name, w, bias in zip(("query", "key", "value"), qkv_weights(attn["qkv_kernel"]),
-                             _np(attn["qkv_bias"]).reshape(3, -1)):
+    for name, w, bias in zip(("query", "key", "value"), layout.qkv_weights(attn["qkv_kernel"]),
+                             layout.host(attn["qkv_bias"]).reshape(3, -1)):
       sd[f"{p}attention.attention.{name}.weight"] = w
       sd[f"{p}attention.attention.{name}.bias"] = bias
-    sd[f"{p}attention.output.dense.weight"] = out_weight(attn["out_kernel"])
-    sd[f"{p}attention.output.dense.bias"] = _np(attn["out_bias"])
+    sd[f"{p}attention.output.dense.weight"] = layout.out_weight(attn["out_kernel"])
+    sd[f"{p}attention.output.dense.bias"] = layout.host(attn["out_bias"])
     sd[f"{p}layernorm_before.weight"], sd[f"{p}layernorm_before.bias"] = _ln(b["ln1"])
     sd[f"{p}layernorm_after.weight"], sd[f"{p}layernorm_after.bias"] = _ln(b["ln2"])
     for fc, where in (("fc1", "intermediate"), ("fc2", "output")):
-      sd[f"{p}{where}.dense.weight"] = linear_weight(b["mlp"][fc]["kernel"])
-      sd[f"{p}{where}.dense.bias"] = _np(b["mlp"][fc]["bias"])
+      sd[f"{p}{where}.dense.weight"] = layout.linear_weight(b["mlp"][fc]["kernel"])
+      sd[f"{p}{where}.dense.bias"] = layout.host(b["mlp"][fc]["bias"])
   if pool is None:
     # pooler_output = pooler_act(dense(final-norm CLS)) = the final-norm CLS token itself.
     sd["pooler.dense.weight"] = np.eye(vit.width, dtype=np.float32)
     sd["pooler.dense.bias"] = np.zeros(vit.width, np.float32)
     return sd
   sd = {f"vit.{k}": v for k, v in sd.items()}
-  sd["classifier.weight"] = linear_weight(head["head"]["kernel"])
-  sd["classifier.bias"] = _np(head["head"]["bias"])
+  sd["classifier.weight"] = layout.linear_weight(head["head"]["kernel"])
+  sd["classifier.bias"] = layout.host(head["head"]["bias"])
   return sd
 
 
@@ -297,32 +267,32 @@ def timm_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
   check_student(params, vit)
   pool = _check_head(head)
   sd = {
-      "cls_token": _np(params["cls"]),
-      "pos_embed": vit_lib.position_embedding(params, vit)[None],
-      "patch_embed.proj.weight": conv_weight(params["patch_embed"]["kernel"]),
-      "patch_embed.proj.bias": _np(params["patch_embed"]["bias"]),
+      "cls_token": layout.host(params["cls"]),
+      "pos_embed": layout.position_embedding(params, vit)[None],
+      "patch_embed.proj.weight": layout.conv_weight(params["patch_embed"]["kernel"]),
+      "patch_embed.proj.bias": layout.host(params["patch_embed"]["bias"]),
   }
   for i in range(vit.depth):
     b, p = params[f"block{i}"], f"blocks.{i}."
     attn = b["attn"]
     sd[f"{p}norm1.weight"], sd[f"{p}norm1.bias"] = _ln(b["ln1"])
-    sd[f"{p}attn.qkv.weight"] = np.concatenate(qkv_weights(attn["qkv_kernel"]), axis=0)
-    sd[f"{p}attn.qkv.bias"] = _np(attn["qkv_bias"]).reshape(-1)
-    sd[f"{p}attn.proj.weight"] = out_weight(attn["out_kernel"])
-    sd[f"{p}attn.proj.bias"] = _np(attn["out_bias"])
+    sd[f"{p}attn.qkv.weight"] = np.concatenate(layout.qkv_weights(attn["qkv_kernel"]), axis=0)
+    sd[f"{p}attn.qkv.bias"] = layout.host(attn["qkv_bias"]).reshape(-1)
+    sd[f"{p}attn.proj.weight"] = layout.out_weight(attn["out_kernel"])
+    sd[f"{p}attn.proj.bias"] = layout.host(attn["out_bias"])
     sd[f"{p}norm2.weight"], sd[f"{p}norm2.bias"] = _ln(b["ln2"])
     for fc in ("fc1", "fc2"):
-      sd[f"{p}mlp.{fc}.weight"] = linear_weight(b["mlp"][fc]["kernel"])
-      sd[f"{p}mlp.{fc}.bias"] = _np(b["mlp"][fc]["bias"])
+      sd[f"{p}mlp.{fc}.weight"] = layout.linear_weight(b["mlp"][fc]["kernel"])
+      sd[f"{p}mlp.{fc}.bias"] = layout.host(b["mlp"][fc]["bias"])
     if vit.layer_scale is not None:
-      sd[f"{p}ls1.gamma"], sd[f"{p}ls2.gamma"] = _np(b["ls1"]), _np(b["ls2"])
+      sd[f"{p}ls1.gamma"], sd[f"{p}ls2.gamma"] = layout.host(b["ls1"]), layout.host(b["ls2"])
   if pool == "avg":
     sd["fc_norm.weight"], sd["fc_norm.bias"] = _ln(head["fc_norm"])
   else:
     sd["norm.weight"], sd["norm.bias"] = _ln(params["norm"])
   if pool is not None:
-    sd["head.weight"] = linear_weight(head["head"]["kernel"])
-    sd["head.bias"] = _np(head["head"]["bias"])
+    sd["head.weight"] = layout.linear_weight(head["head"]["kernel"])
+    sd["head.bias"] = layout.host(head["head"]["bias"])
   return sd
 
 

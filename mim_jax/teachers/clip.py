@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mim_jax.convert import layout
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers.network import Arch
 
@@ -155,29 +156,29 @@ def convert(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
   io.match_weights(w, expected_shapes(arch), lambda k: k.startswith(_IGNORED_PREFIXES),
                    "CLIP checkpoint")
   params: dict[str, Any] = {
-      "patch_embed": {"kernel": io.conv_to_hwio(w["embeddings.patch_embedding.weight"])},
+      "patch_embed": {"kernel": layout.conv_to_hwio(w["embeddings.patch_embedding.weight"])},
       "cls": w["embeddings.class_embedding"].reshape(1, 1, -1),
       "pos_embedding": w["embeddings.position_embedding.weight"],
-      "pre_norm": io.layer_norm(w, "pre_layrnorm"),
-      "norm": io.layer_norm(w, "post_layernorm"),
+      "pre_norm": layout.layer_norm(w, "pre_layrnorm"),
+      "norm": layout.layer_norm(w, "post_layernorm"),
   }
   for i in range(arch.depth):
     params[f"block{i}"] = _block(w, f"encoder.layers.{i}.", arch.num_heads)
   if arch.proj_dim:
-    params["proj"] = io.dense(w, "visual_projection", bias=False)
+    params["proj"] = layout.dense(w, "visual_projection", bias=False)
   return arch, params
 
 
 def _block(w: Mapping[str, np.ndarray], p: str, heads: int) -> dict[str, Any]:
   q, k, v = (f"{p}self_attn.{n}_proj" for n in "qkv")
   return {
-      "ln1": io.layer_norm(w, f"{p}layer_norm1"),
-      "attn": {"qkv_kernel": io.fused_qkv(w[q + ".weight"], w[k + ".weight"], w[v + ".weight"],
+      "ln1": layout.layer_norm(w, f"{p}layer_norm1"),
+      "attn": {"qkv_kernel": layout.fused_qkv(w[q + ".weight"], w[k + ".weight"], w[v + ".weight"],
                                           heads),
-               "qkv_bias": io.fused_qkv_bias(w[q + ".bias"], w[k + ".bias"], w[v + ".bias"],
+               "qkv_bias": layout.fused_qkv_bias(w[q + ".bias"], w[k + ".bias"], w[v + ".bias"],
                                              heads),
-               "out_kernel": io.out_kernel(w[f"{p}self_attn.out_proj.weight"], heads),
+               "out_kernel": layout.out_kernel(w[f"{p}self_attn.out_proj.weight"], heads),
                "out_bias": w[f"{p}self_attn.out_proj.bias"]},
-      "ln2": io.layer_norm(w, f"{p}layer_norm2"),
-      "mlp": {"fc1": io.dense(w, f"{p}mlp.fc1"), "fc2": io.dense(w, f"{p}mlp.fc2")},
+      "ln2": layout.layer_norm(w, f"{p}layer_norm2"),
+      "mlp": {"fc1": layout.dense(w, f"{p}mlp.fc1"), "fc2": layout.dense(w, f"{p}mlp.fc2")},
   }

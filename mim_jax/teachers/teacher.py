@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mim_jax.convert import resize
 from mim_jax.data.normalization import CLIP_MEAN, CLIP_STD, STUDENT_MEAN, STUDENT_STD
-from mim_jax.teachers import resize
 from mim_jax.teachers.network import Arch, TeacherNet, param_shapes
 
 # Default normalisation of each kind when the checkpoint has no preprocessor_config.json.
@@ -128,7 +128,8 @@ class Teacher:
     if isinstance(pos, jax.ShapeDtypeStruct):  # an abstract teacher (`zoo.load(abstract=True)`)
       new_pos = jax.ShapeDtypeStruct(param_shapes(arch)["pos_embedding"].shape, pos.dtype)
     else:
-      resized = resize.resize_pos_embedding(np.asarray(pos).astype(np.float32), self.grid, grid)
+      resized = resize.resize_pos_embedding(np.asarray(pos, np.float32),
+                                            (1 + grid * grid, pos.shape[-1]))
       new_pos = jnp.asarray(resized, pos.dtype)
     return dataclasses.replace(self, arch=arch, params={**self.params, "pos_embedding": new_pos})
 

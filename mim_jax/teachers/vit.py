@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mim_jax.convert import layout
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers.network import Arch
 
@@ -129,11 +130,12 @@ def convert(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
   io.match_weights(w, expected_shapes(arch), lambda k: k.startswith(_IGNORED_PREFIXES),
                    "ViT checkpoint")
   params: dict[str, Any] = {
-      "patch_embed": {"kernel": io.conv_to_hwio(w["embeddings.patch_embeddings.projection.weight"]),
-                      "bias": w["embeddings.patch_embeddings.projection.bias"]},
+      "patch_embed": {
+          "kernel": layout.conv_to_hwio(w["embeddings.patch_embeddings.projection.weight"]),
+          "bias": w["embeddings.patch_embeddings.projection.bias"]},
       "cls": w["embeddings.cls_token"],
       "pos_embedding": w["embeddings.position_embeddings"][0],
-      "norm": io.layer_norm(w, "layernorm"),
+      "norm": layout.layer_norm(w, "layernorm"),
   }
   for i in range(arch.depth):
     params[f"block{i}"] = _block(w, f"encoder.layer.{i}.", arch)
@@ -143,12 +145,12 @@ def convert(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
 def _block(w: Mapping[str, np.ndarray], p: str, arch: Arch) -> dict[str, Any]:
   h = arch.num_heads
   q, k, v = (f"{p}attention.attention.{n}" for n in ("query", "key", "value"))
-  attn = {"qkv_kernel": io.fused_qkv(w[q + ".weight"], w[k + ".weight"], w[v + ".weight"], h),
-          "out_kernel": io.out_kernel(w[f"{p}attention.output.dense.weight"], h),
+  attn = {"qkv_kernel": layout.fused_qkv(w[q + ".weight"], w[k + ".weight"], w[v + ".weight"], h),
+          "out_kernel": layout.out_kernel(w[f"{p}attention.output.dense.weight"], h),
           "out_bias": w[f"{p}attention.output.dense.bias"]}
   if arch.qkv_bias:
-    attn["qkv_bias"] = io.fused_qkv_bias(w[q + ".bias"], w[k + ".bias"], w[v + ".bias"], h)
-  return {"ln1": io.layer_norm(w, f"{p}layernorm_before"), "attn": attn,
-          "ln2": io.layer_norm(w, f"{p}layernorm_after"),
-          "mlp": {"fc1": io.dense(w, f"{p}intermediate.dense"),
-                  "fc2": io.dense(w, f"{p}output.dense")}}
+    attn["qkv_bias"] = layout.fused_qkv_bias(w[q + ".bias"], w[k + ".bias"], w[v + ".bias"], h)
+  return {"ln1": layout.layer_norm(w, f"{p}layernorm_before"), "attn": attn,
+          "ln2": layout.layer_norm(w, f"{p}layernorm_after"),
+          "mlp": {"fc1": layout.dense(w, f"{p}intermediate.dense"),
+                  "fc2": layout.dense(w, f"{p}output.dense")}}
