@@ -51,6 +51,7 @@ import numpy as np
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import init_from
 from mim_jax.convert import layout
+from mim_jax.convert import names
 from mim_jax.convert import scan
 from mim_jax.data import normalization
 from mim_jax.models.vit import ViT
@@ -168,19 +169,7 @@ def hf_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
   }
   sd["layernorm.weight"], sd["layernorm.bias"] = _ln(params["norm"])
   for i in range(vit.depth):
-    b, p = params[f"block{i}"], f"encoder.layer.{i}."
-    attn = b["attn"]
-    for name, w, bias in zip(("query", "key", "value"), layout.qkv_weights(attn["qkv_kernel"]),
-                             layout.host(attn["qkv_bias"]).reshape(3, -1)):
-      sd[f"{p}attention.attention.{name}.weight"] = w
-      sd[f"{p}attention.attention.{name}.bias"] = bias
-    sd[f"{p}attention.output.dense.weight"] = layout.out_weight(attn["out_kernel"])
-    sd[f"{p}attention.output.dense.bias"] = layout.host(attn["out_bias"])
-    sd[f"{p}layernorm_before.weight"], sd[f"{p}layernorm_before.bias"] = _ln(b["ln1"])
-    sd[f"{p}layernorm_after.weight"], sd[f"{p}layernorm_after.bias"] = _ln(b["ln2"])
-    for fc, where in (("fc1", "intermediate"), ("fc2", "output")):
-      sd[f"{p}{where}.dense.weight"] = layout.linear_weight(b["mlp"][fc]["kernel"])
-      sd[f"{p}{where}.dense.bias"] = layout.host(b["mlp"][fc]["bias"])
+    sd.update(names.block_to_torch(params[f"block{i}"], names.VIT.at(i)))
   if pool is None:
     # pooler_output = pooler_act(dense(final-norm CLS)) = the final-norm CLS token itself.
     sd["pooler.dense.weight"] = np.eye(vit.width, dtype=np.float32)
@@ -273,19 +262,15 @@ def timm_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
       "patch_embed.proj.bias": layout.host(params["patch_embed"]["bias"]),
   }
   for i in range(vit.depth):
-    b, p = params[f"block{i}"], f"blocks.{i}."
-    attn = b["attn"]
-    sd[f"{p}norm1.weight"], sd[f"{p}norm1.bias"] = _ln(b["ln1"])
-    sd[f"{p}attn.qkv.weight"] = np.concatenate(layout.qkv_weights(attn["qkv_kernel"]), axis=0)
-    sd[f"{p}attn.qkv.bias"] = layout.host(attn["qkv_bias"]).reshape(-1)
-    sd[f"{p}attn.proj.weight"] = layout.out_weight(attn["out_kernel"])
-    sd[f"{p}attn.proj.bias"] = layout.host(attn["out_bias"])
-    sd[f"{p}norm2.weight"], sd[f"{p}norm2.bias"] = _ln(b["ln2"])
-    for fc in ("fc1", "fc2"):
-      sd[f"{p}mlp.{fc}.weight"] = layout.linear_weight(b["mlp"][fc]["kernel"])
-      sd[f"{p}mlp.{fc}.bias"] = layout.host(b["mlp"][fc]["bias"])
+    block, timm = params[f"block{i}"], names.TIMM.at(i)
+    split = names.block_to_torch(block, timm)
+    for kind in ("weight", "bias"):  # timm's one qkv linear: q, k, v rows stacked
+      sd[f"{timm.prefix}attn.qkv.{kind}"] = np.concatenate(
+          [split.pop(f"{part}.{kind}") for part in (timm.q, timm.k, timm.v)], axis=0)
+    sd.update(split)
     if vit.layer_scale is not None:
-      sd[f"{p}ls1.gamma"], sd[f"{p}ls2.gamma"] = layout.host(b["ls1"]), layout.host(b["ls2"])
+      sd[f"{timm.prefix}ls1.gamma"] = layout.host(block["ls1"])
+      sd[f"{timm.prefix}ls2.gamma"] = layout.host(block["ls2"])
   if pool == "avg":
     sd["fc_norm.weight"], sd["fc_norm.bias"] = _ln(head["fc_norm"])
   else:

@@ -13,10 +13,10 @@ Sources (`spec`):
                    MAE's released .pth (under "model"), BEiT / BEiT v2's .pth (under "model" or
                    "module": q/v biases, gamma_1/2 layer scale, shared or per-block relative
                    position bias tables).
-Torch names are first brought to timm's ViT names (`canonical_*`), then one map fills the student
-(`_timm_to_student`); the layout changes are `convert.layout`'s. Everything the student
-does not use (heads, decoders, mask tokens, teacher weights, the optimizer) is listed once as
-dropped. A shared relative position bias fills every block's table when the student has one per
+Torch names are first brought to timm's ViT names (`convert.names.canonical_*`), then one map
+fills the student (`_timm_to_student`); the layout changes are `convert.layout`'s. Everything the
+student does not use (heads, decoders, mask tokens, teacher weights, the optimizer) is listed
+once as dropped. A shared relative position bias fills every block's table when the student has one per
 block (BEiT's start of fine-tuning); a fixed sin-cos student checks the source's embedding equals
 its own. The load is strict: every
 student tensor is filled or the run stops naming what is missing; a position embedding on another
@@ -50,41 +50,18 @@ from etils import epath
 from flax import traverse_util
 
 from mim_jax.convert import layout
+from mim_jax.convert import names
 from mim_jax.convert import scan
 from mim_jax.convert import resize
 from mim_jax.models import vit as vit_lib
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers import clip
-from mim_jax.teachers import vit as hf_vit
 from mim_jax.teachers import zoo
 
 PyTree = Any
 
 
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-# transformers ViT / ViTMAE / BEiT file names (after teachers.vit.canonical_names) -> timm's.
-_HF_TO_TIMM = [
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.mask_token$", "mask_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.",
-     r"blocks.\1.attn.\2."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.relative_position_bias\."
-     r"relative_position_bias_table$", r"blocks.\1.attn.relative_position_bias_table"),
-    (r"^encoder\.relative_position_bias\.relative_position_bias_table$",
-     "rel_pos_bias.relative_position_bias_table"),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
-    (r"^encoder\.layer\.(\d+)\.lambda_([12])$", r"blocks.\1.ls\2.gamma"),
-    (r"^layernorm\.", "norm."),
-    (r"^pooler\.layernorm\.", "fc_norm."),
-]
-
 
 class InitFromError(ValueError):
   """A source that cannot initialise the student; the message is one line naming the fix."""
@@ -197,54 +174,6 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
           if isinstance(v, torch.Tensor)}
 
 
-def canonical_transformers(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """transformers ViT / ViTMAE / BEiT file (or in-memory) names -> timm's ViT names; q/k/v
-  fused (a missing key bias, BEiT's, is zero)."""
-  w = hf_vit.canonical_names({k[len("beit."):] if k.startswith("beit.") else k: v
-                              for k, v in w.items()})
-  out, qkv = {}, {}
-  for key, value in w.items():
-    name = key
-    for pattern, repl in _HF_TO_TIMM:
-      name = re.sub(pattern, repl, name)
-    m = re.fullmatch(r"blocks\.(\d+)\.attn\.(query|key|value)\.(weight|bias)", name)
-    if m:
-      qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-      continue
-    io.put_unique(out, name, key, value, "init_from")
-  for (i, kind), parts in qkv.items():
-    if kind == "bias" and "key" not in parts and "query" in parts:
-      parts["key"] = np.zeros_like(parts["query"])
-    if set(parts) == {"query", "key", "value"}:
-      out[f"blocks.{i}.attn.qkv.{kind}"] = np.concatenate(
-          [parts[n] for n in ("query", "key", "value")], 0)
-    else:
-      out.update({f"blocks.{i}.attn.{n}.{kind}": v for n, v in parts.items()})
-  return out
-
-
-def canonical_beit(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """BEiT / BEiT v2 / timm beit names -> timm's ViT names: q_bias, (k_bias), v_bias -> qkv.bias,
-  gamma_1/2 -> ls1/2.gamma; the relative position index buffers are rebuilt by the student."""
-  out = {}
-  for key, value in w.items():
-    if key.endswith("relative_position_index") or re.search(r"attn\.[qkv]_bias$", key):
-      continue
-    name = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key)
-    out[name] = value
-  for key, value in w.items():
-    m = re.fullmatch(r"(blocks\.\d+\.attn)\.q_bias", key)
-    if m:
-      k_bias = w.get(f"{m.group(1)}.k_bias", np.zeros_like(value))
-      out[f"{m.group(1)}.qkv.bias"] = np.concatenate([value, k_bias, w[f"{m.group(1)}.v_bias"]])
-  return out
-
-
-def _is_beit(w: Mapping[str, np.ndarray]) -> bool:
-  return any(k.endswith((".q_bias", ".gamma_1")) or "relative_position_bias_table" in k
-             for k in w)
-
-
 def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vit: Any,
                      source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
   """timm ViT names -> flat student names (shapes from the student tree); (weights, unused)."""
@@ -352,13 +281,13 @@ def read(source: Source, student: Mapping[str, Any], vit: Any
   if source.kind == "workdir":
     weights, dropped = _read_workdir(source)
   elif source.kind == "transformers":
-    w = canonical_transformers(io.read_weights(source.path))
+    w = names.canonical_transformers(io.read_weights(source.path))
     weights, dropped = _timm_to_student(w, student, vit, source)
   elif source.kind == "clip":
     weights, dropped = _read_clip(source, student, vit)
   elif source.kind == "torch":
     w = _read_torch_file(source.path)
-    w = canonical_beit(w) if _is_beit(w) else w
+    w = names.canonical_beit(w) if names.is_beit(w) else w
     weights, dropped = _timm_to_student(w, student, vit, source)
   else:
     raise InitFromError(f"init_from: unknown source kind {source.kind!r}.")

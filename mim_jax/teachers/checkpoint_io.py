@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
+from mim_jax.convert.names import CheckpointError
+
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -42,10 +44,6 @@ GENERIC_FIELDS: frozenset[str] = frozenset("""
     id2label label2id tokenizer_class prefix bos_token_id pad_token_id eos_token_id sep_token_id
     decoder_start_token_id task_specific_params problem_type
 """.split())
-
-
-class CheckpointError(ValueError):
-  """A checkpoint (config or weights) that a converter does not handle."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,13 +187,21 @@ def square_value(value: Any) -> int:
   return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
 
 
-def put_unique(out: dict[str, np.ndarray], name: str, key: str, value: np.ndarray,
-               kind: str) -> None:
-  """out[name] = value, refusing a second file key that maps to the same canonical name."""
-  if name in out:
-    raise CheckpointError(f"{kind} checkpoint: weight {key!r} duplicates another name for "
-                          f"{name!r}.")
-  out[name] = value
+def encoder_fields(activations: Iterable[str]) -> dict[str, Check]:
+  """The config fields of a ViT-like vision encoder (transformers ViT, CLIP's vision tower) with
+  their checks; `activations`: the `hidden_act` values the converter maps."""
+  return {
+      "hidden_size": positive_int,
+      "num_hidden_layers": positive_int,
+      "num_attention_heads": positive_int,
+      "intermediate_size": positive_int,
+      "hidden_act": one_of(*activations),
+      "layer_norm_eps": positive_float,
+      "image_size": square_size,
+      "patch_size": square_size,
+      "num_channels": one_of(3),
+      "pruned_heads": lambda v: None if not v else "pruned attention heads are not handled",
+  }
 
 
 def checked_geometry(config: Mapping[str, Any], kind: str, default_patch: int
