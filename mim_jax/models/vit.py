@@ -109,6 +109,33 @@ class RelativePositionBias(nn.Module):
     return table[per_example].transpose(0, 3, 1, 2)
 
 
+class PatchGrid:
+  """`grid` and `num_patches` of a module with `image_size` and `patch` (the ViT, the ConvViT)."""
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    return layers.patch_grid(self.image_size, self.patch)
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid[0] * self.grid[1]
+
+
+def absolute_position_embedding(module: nn.Module, posemb: str, grid: tuple[int, int],
+                                width: int, cls_token: bool) -> jax.Array:
+  """The [N (+ 1), D] embedding `module` adds to its tokens (with `cls_token`, row 0 is CLS's):
+  fixed sin-cos, the learned parameter `pos_embedding`, or zeros (`posemb` of `POSEMBS`)."""
+  n = grid[0] * grid[1] + int(cls_token)
+  if posemb == "sincos":
+    return layers.posemb_sincos_2d(grid, width, cls_token=cls_token)
+  if posemb == "learned":
+    return module.param("pos_embedding", layers.partitioned(layers.trunc_normal(0.02),
+                                                            (None, "embed")), (n, width))
+  if posemb == "none":
+    return jnp.zeros((n, width), F32)
+  raise ValueError(f"Unknown posemb {posemb!r}: use one of {POSEMBS}.")
+
+
 def block_inits(weight_init: str, i: Any) -> dict:
   """Kernel initialisers of block i (0-based; a traced index under scan); empty for MAE (the
   layers' xavier defaults)."""
@@ -128,7 +155,7 @@ def block_inits(weight_init: str, i: Any) -> dict:
 # --------------------------------------------------------------------------------------------
 # The student.
 # --------------------------------------------------------------------------------------------
-class ViT(nn.Module):
+class ViT(PatchGrid, nn.Module):
   """Student ViT. Sizes come from `config.SIZES` through `ViT.from_variant`.
 
   Attributes (beyond the size):
@@ -181,25 +208,9 @@ class ViT(nn.Module):
     return cls(patch=patch, width=size.width, depth=size.depth, num_heads=size.heads,
                mlp_dim=size.mlp_dim, **kwargs)
 
-  @property
-  def grid(self) -> tuple[int, int]:
-    return layers.patch_grid(self.image_size, self.patch)
-
-  @property
-  def num_patches(self) -> int:
-    return self.grid[0] * self.grid[1]
-
   def position_embedding(self) -> jax.Array:
     """[N + 1, D]: row 0 is CLS's."""
-    n = self.num_patches
-    if self.posemb == "sincos":
-      return layers.posemb_sincos_2d(self.grid, self.width, cls_token=True)
-    if self.posemb == "learned":
-      return self.param("pos_embedding", layers.partitioned(layers.trunc_normal(0.02),
-                                                            (None, "embed")), (n + 1, self.width))
-    if self.posemb == "none":
-      return jnp.zeros((n + 1, self.width), F32)
-    raise ValueError(f"Unknown posemb {self.posemb!r}: use 'sincos', 'learned' or 'none'.")
+    return absolute_position_embedding(self, self.posemb, self.grid, self.width, cls_token=True)
 
   # ---- initialisers -------------------------------------------------------------------------
   def _check_options(self) -> None:
