@@ -1,11 +1,11 @@
 """The parameter names of each checkpoint format, and the tables between them.
 
-A transformer block is the same nine torch modules in every format, under other names:
-`BlockNames` lists them once per format (transformers ViT as `save_pretrained` writes it and as
-transformers 5 holds it in memory, CLIP's vision tower, timm with q/k/v still apart), and every
-table between two formats is derived from two of those rows (`renames`). A block converts to the
-shared Flax block (`block_from_torch`: the teachers' converters) and back (`block_to_torch`:
-the export) through the same rows.
+A transformer block is the same eight torch modules in every format, under other names:
+one table lists them, a column per format (transformers ViT as `save_pretrained` writes it and
+as transformers 5 holds it in memory, CLIP's vision tower, timm with q/k/v still apart), read
+into one `BlockNames` per format; every table between two formats is derived from two columns
+(`renames`). A block converts to the shared Flax block (`block_from_torch`: the teachers'
+converters) and back (`block_to_torch`: the export) through the same names.
 
 Whole-model names:
   canonical_vit     transformers ViT: `vit.` dropped, in-memory names -> file names
