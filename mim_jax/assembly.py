@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from mim_jax import checkpoint as ckpt_lib
 from mim_jax import config as config_lib
 from mim_jax import init_from as init_from_lib
 from mim_jax import objectives
@@ -33,10 +32,10 @@ from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
 from mim_jax import validate
+from mim_jax.convert import scan
 from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
 from mim_jax.evaluation import features
-from mim_jax.models import vit as vit_lib
 
 
 # ---- the teacher ------------------------------------------------------------------------------
@@ -170,10 +169,10 @@ def init_student(state: step_lib.TrainState, shardings: step_lib.TrainState, loa
 def start_state(setup: step_lib.Setup, mngr, init_weights: Optional[dict]
                 ) -> tuple[int, step_lib.TrainState, Any]:
   """(step, state, the input pipeline's saved position or None): restored from the latest
-  checkpoint of `mngr` (`restore_any_layout`), else fresh from `config.seed`, with the
-  `init_from` weights and the objective's `prepare_state`."""
+  checkpoint of `mngr`, in either block layout (`convert.scan.restore_any_layout`), else fresh
+  from `config.seed`, with the `init_from` weights and the objective's `prepare_state`."""
   abstract, shardings = step_lib.state_shardings(setup)
-  start, state, data_pos = restore_any_layout(mngr, abstract, shardings)
+  start, state, data_pos = scan.restore_any_layout(mngr, abstract, shardings)
   if state is not None:
     logging.info("Resumed from step %d in %s", start, mngr.directory)
     return start, state, data_pos
@@ -181,39 +180,3 @@ def start_state(setup: step_lib.Setup, mngr, init_weights: Optional[dict]
   if init_weights is not None:
     state = init_student(state, shardings, init_weights)
   return 0, setup.objective.prepare_state(setup, state), data_pos
-
-
-def _restack_state(state: Any, starts: tuple[int, ...]) -> Any:
-  """`state` with every student parameter tree in it (the parameters, the optimizer's moments)
-  in the block layout `starts` (`vit.restack`)."""
-  def is_params(x):
-    return isinstance(x, dict) and isinstance(x.get("student"), dict)
-  return jax.tree.map(
-      lambda x: {**x, "student": vit_lib.restack(x["student"], starts)} if is_params(x) else x,
-      state, is_leaf=is_params)
-
-
-def restore_any_layout(mngr, abstract: step_lib.TrainState, shardings: step_lib.TrainState):
-  """`checkpoint.restore_latest`, also from a checkpoint written with the other `student.scan`
-  (or another split of the scanned stack): it is read in its own block layout, with the target
-  shardings moved to it, and restacked on the devices into the layout of `abstract`."""
-  student = abstract.params.get("student") if isinstance(abstract.params, dict) else None
-  names = ckpt_lib.names_under(mngr, ("params", "student")) if student is not None else None
-  wanted, written = vit_lib.stack_starts(student or {}), vit_lib.stack_starts(names or ())
-  if not any(map(vit_lib.is_block_name, names or ())) or written == wanted:
-    return ckpt_lib.restore_latest(mngr, abstract, shardings)
-  source = _restack_state(ckpt_lib.abstract_with_shardings(abstract, shardings), written)
-  step, state, data = ckpt_lib.restore_latest(
-      mngr, source, jax.tree.map(lambda a: a.sharding, source))
-  if state is not None:
-    state = jax.jit(functools.partial(_restack_state, starts=wanted),
-                    out_shardings=shardings)(state)
-    logging.warning("Checkpoint step %d holds the student's blocks %s; restacked them %s for "
-                    "this run's student.scan.", step, _layout_name(written),
-                    _layout_name(wanted))
-  return step, state, data
-
-
-def _layout_name(starts: tuple[int, ...]) -> str:
-  return (f"scanned (stacks from blocks {', '.join(map(str, starts))})" if starts
-          else "unscanned (block{i})")

@@ -31,9 +31,9 @@ from absl import logging  # noqa: E402
 from mim_jax import config as config_lib  # noqa: E402
 from mim_jax import export, plots, train  # noqa: E402
 from mim_jax.data import input_pipeline  # noqa: E402
+from mim_jax.data.normalization import STUDENT_MEAN, STUDENT_STD  # noqa: E402
 from mim_jax.evaluation import classification, features  # noqa: E402
 from mim_jax.objectives import evaluators  # noqa: E402
-from mim_jax.teachers import STUDENT_MEAN, STUDENT_STD  # noqa: E402
 
 # `teacher.spec` naming the demo's own teacher (the runlocal configs use it): the entry points
 # turn it into the cached checkpoint directory (`resolve_teachers`) before a run is assembled.

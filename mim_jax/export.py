@@ -46,30 +46,21 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import numpy as np
 
 from mim_jax import checkpoint as ckpt_lib
 from mim_jax import init_from
-from mim_jax.models import vit as vit_lib
+from mim_jax.convert import layout
+from mim_jax.convert import names
+from mim_jax.convert import scan
+from mim_jax.data import normalization
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
 
 Params = Mapping[str, Any]
 
-STUDENT_MEAN = (0.485, 0.456, 0.406)  # the student's input normalisation (ImageNet)
-STUDENT_STD = (0.229, 0.224, 0.225)
 LN_EPS = 1e-6  # the student's LayerNorm epsilon (layers.Block default, ViT's final norm)
-CROP_PCT = 0.875  # the student's evaluation centre crop (data.preprocess.eval_op's default)
 WEIGHTS_FILE = "model.safetensors"
-
-
-# --------------------------------------------------------------------------------------------
-# Array helpers.
-# --------------------------------------------------------------------------------------------
-def _np(x: Any) -> np.ndarray:
-  """A writable host float32 copy (params must be fully addressable: one host, or gathered)."""
-  return np.array(jax.device_get(x), np.float32)
 
 
 # Pretraining-only inputs of the student (inpainting / robust-MAE mask tokens): not part of
@@ -83,34 +74,11 @@ def _unwrap(params: Params) -> Params:
   params = nn.meta.unbox(params)
   if set(params) == {"params"}:
     params = params["params"]
-  return vit_lib.unstack_blocks(dict(params))
-
-
-def conv_weight(kernel: Any) -> np.ndarray:
-  """HWIO [p, p, C, D] -> torch conv [D, C, p, p]."""
-  return _np(kernel).transpose(3, 2, 0, 1)
-
-
-def linear_weight(kernel: Any) -> np.ndarray:
-  """[in, out] -> torch linear [out, in]."""
-  return _np(kernel).T
-
-
-def qkv_weights(kernel: Any) -> list[np.ndarray]:
-  """[D, 3, H, Dh] -> three torch linear weights [H*Dh, D] (q, k, v)."""
-  k = _np(kernel)
-  d = k.shape[0]
-  return [np.ascontiguousarray(k[:, t].reshape(d, -1).T) for t in range(3)]
-
-
-def out_weight(kernel: Any) -> np.ndarray:
-  """[H, Dh, D] -> torch linear [D, H*Dh]."""
-  k = _np(kernel)
-  return np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
+  return scan.unstack_blocks(dict(params))
 
 
 def _ln(p: Params) -> tuple[np.ndarray, np.ndarray]:
-  return _np(p["scale"]), _np(p["bias"])
+  return layout.host(p["scale"]), layout.host(p["bias"])
 
 
 def check_student(params: Params, vit: ViT) -> None:
@@ -193,40 +161,24 @@ def hf_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
                      "final norm; this head average-pools with fc_norm: export it with "
                      "export_timm (global_pool='avg'), or export the encoder alone (head=None).")
   sd = {
-      "embeddings.cls_token": _np(params["cls"]),
-      "embeddings.position_embeddings": vit_lib.position_embedding(params, vit)[None],
-      "embeddings.patch_embeddings.projection.weight": conv_weight(params["patch_embed"]["kernel"]),
-      "embeddings.patch_embeddings.projection.bias": _np(params["patch_embed"]["bias"]),
+      "embeddings.cls_token": layout.host(params["cls"]),
+      "embeddings.position_embeddings": layout.position_embedding(params, vit)[None],
+      "embeddings.patch_embeddings.projection.weight":
+          layout.conv_weight(params["patch_embed"]["kernel"]),
+      "embeddings.patch_embeddings.projection.bias": layout.host(params["patch_embed"]["bias"]),
   }
   sd["layernorm.weight"], sd["layernorm.bias"] = _ln(params["norm"])
   for i in range(vit.depth):
-    b, p = params[f"block{i}"], f"encoder.layer.{i}."
-    attn = b["attn"]
-    for name, w, bias in zip(("query", "key", "value"), qkv_weights(attn["qkv_kernel"]),
-                             _np(attn["qkv_bias"]).reshape(3, -1)):
-      sd[f"{p}attention.attention.{name}.weight"] = w
-      sd[f"{p}attention.attention.{name}.bias"] = bias
-    sd[f"{p}attention.output.dense.weight"] = out_weight(attn["out_kernel"])
-    sd[f"{p}attention.output.dense.bias"] = _np(attn["out_bias"])
-    sd[f"{p}layernorm_before.weight"], sd[f"{p}layernorm_before.bias"] = _ln(b["ln1"])
-    sd[f"{p}layernorm_after.weight"], sd[f"{p}layernorm_after.bias"] = _ln(b["ln2"])
-    for fc, where in (("fc1", "intermediate"), ("fc2", "output")):
-      sd[f"{p}{where}.dense.weight"] = linear_weight(b["mlp"][fc]["kernel"])
-      sd[f"{p}{where}.dense.bias"] = _np(b["mlp"][fc]["bias"])
+    sd.update(names.block_to_torch(params[f"block{i}"], names.VIT.at(i)))
   if pool is None:
     # pooler_output = pooler_act(dense(final-norm CLS)) = the final-norm CLS token itself.
     sd["pooler.dense.weight"] = np.eye(vit.width, dtype=np.float32)
     sd["pooler.dense.bias"] = np.zeros(vit.width, np.float32)
     return sd
   sd = {f"vit.{k}": v for k, v in sd.items()}
-  sd["classifier.weight"] = linear_weight(head["head"]["kernel"])
-  sd["classifier.bias"] = _np(head["head"]["bias"])
+  sd["classifier.weight"] = layout.linear_weight(head["head"]["kernel"])
+  sd["classifier.bias"] = layout.host(head["head"]["bias"])
   return sd
-
-
-def eval_resize(image_size: int, crop_pct: float = CROP_PCT) -> int:
-  """The shorter side before the centre crop of the student's evaluation (`preprocess.eval_op`)."""
-  return int(round(image_size / crop_pct))
 
 
 def _save_preprocessor(out_dir: str, image_size: int, crop_pct: float) -> None:
@@ -235,10 +187,11 @@ def _save_preprocessor(out_dir: str, image_size: int, crop_pct: float) -> None:
   ViT processor would squash the photo to a square with mean/std 0.5.)"""
   from transformers import CLIPImageProcessorPil  # pylint: disable=import-outside-toplevel
   CLIPImageProcessorPil(
-      do_resize=True, size={"shortest_edge": eval_resize(image_size, crop_pct)}, resample=3,  # bicubic
+      do_resize=True, size={"shortest_edge": normalization.eval_resize(image_size, crop_pct)},
+      resample=3,  # bicubic
       do_center_crop=True, crop_size={"height": image_size, "width": image_size},
       do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-      image_mean=list(STUDENT_MEAN), image_std=list(STUDENT_STD),
+      image_mean=list(normalization.STUDENT_MEAN), image_std=list(normalization.STUDENT_STD),
       do_convert_rgb=True).save_pretrained(out_dir)
 
 
@@ -250,7 +203,8 @@ def _save_safetensors(sd: Mapping[str, np.ndarray], path: str) -> None:
 
 
 def export_hf(params: Params, vit_module: ViT, out_dir: str, *, head: Optional[Params] = None,
-              labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT) -> str:
+              labels: Optional[Sequence[str]] = None,
+              crop_pct: float = normalization.CROP_PCT) -> str:
   """Writes a transformers checkpoint directory of the student (and CLS head); returns out_dir.
 
   Inputs of the torch model are the student's: ImageNet-normalised pixels, NCHW (the written
@@ -302,32 +256,28 @@ def timm_state_dict(params: Params, vit: ViT, head: Optional[Params] = None
   check_student(params, vit)
   pool = _check_head(head)
   sd = {
-      "cls_token": _np(params["cls"]),
-      "pos_embed": vit_lib.position_embedding(params, vit)[None],
-      "patch_embed.proj.weight": conv_weight(params["patch_embed"]["kernel"]),
-      "patch_embed.proj.bias": _np(params["patch_embed"]["bias"]),
+      "cls_token": layout.host(params["cls"]),
+      "pos_embed": layout.position_embedding(params, vit)[None],
+      "patch_embed.proj.weight": layout.conv_weight(params["patch_embed"]["kernel"]),
+      "patch_embed.proj.bias": layout.host(params["patch_embed"]["bias"]),
   }
   for i in range(vit.depth):
-    b, p = params[f"block{i}"], f"blocks.{i}."
-    attn = b["attn"]
-    sd[f"{p}norm1.weight"], sd[f"{p}norm1.bias"] = _ln(b["ln1"])
-    sd[f"{p}attn.qkv.weight"] = np.concatenate(qkv_weights(attn["qkv_kernel"]), axis=0)
-    sd[f"{p}attn.qkv.bias"] = _np(attn["qkv_bias"]).reshape(-1)
-    sd[f"{p}attn.proj.weight"] = out_weight(attn["out_kernel"])
-    sd[f"{p}attn.proj.bias"] = _np(attn["out_bias"])
-    sd[f"{p}norm2.weight"], sd[f"{p}norm2.bias"] = _ln(b["ln2"])
-    for fc in ("fc1", "fc2"):
-      sd[f"{p}mlp.{fc}.weight"] = linear_weight(b["mlp"][fc]["kernel"])
-      sd[f"{p}mlp.{fc}.bias"] = _np(b["mlp"][fc]["bias"])
+    block, timm = params[f"block{i}"], names.TIMM.at(i)
+    split = names.block_to_torch(block, timm)
+    for kind in ("weight", "bias"):  # timm's one qkv linear: q, k, v rows stacked
+      sd[f"{timm.prefix}attn.qkv.{kind}"] = np.concatenate(
+          [split.pop(f"{part}.{kind}") for part in (timm.q, timm.k, timm.v)], axis=0)
+    sd.update(split)
     if vit.layer_scale is not None:
-      sd[f"{p}ls1.gamma"], sd[f"{p}ls2.gamma"] = _np(b["ls1"]), _np(b["ls2"])
+      sd[f"{timm.prefix}ls1.gamma"] = layout.host(block["ls1"])
+      sd[f"{timm.prefix}ls2.gamma"] = layout.host(block["ls2"])
   if pool == "avg":
     sd["fc_norm.weight"], sd["fc_norm.bias"] = _ln(head["fc_norm"])
   else:
     sd["norm.weight"], sd["norm.bias"] = _ln(params["norm"])
   if pool is not None:
-    sd["head.weight"] = linear_weight(head["head"]["kernel"])
-    sd["head.bias"] = _np(head["head"]["bias"])
+    sd["head.weight"] = layout.linear_weight(head["head"]["kernel"])
+    sd["head.bias"] = layout.host(head["head"]["bias"])
   return sd
 
 
@@ -347,7 +297,7 @@ def timm_architecture(vit: ViT) -> str:
 
 
 def timm_config(vit: ViT, head: Optional[Params] = None,
-                labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT
+                labels: Optional[Sequence[str]] = None, crop_pct: float = normalization.CROP_PCT
                 ) -> dict[str, Any]:
   """timm's config.json of a local-dir / Hub folder: architecture, model_args and the
   pretrained_cfg timm's data config reads (the student's evaluation preprocessing)."""
@@ -363,7 +313,8 @@ def timm_config(vit: ViT, head: Optional[Params] = None,
           "tag": "mim_jax", "custom_load": False,
           "input_size": [3, vit.image_size, vit.image_size], "fixed_input_size": True,
           "interpolation": "bicubic", "crop_pct": crop_pct, "crop_mode": "center",
-          "mean": list(STUDENT_MEAN), "std": list(STUDENT_STD), "num_classes": num_classes,
+          "mean": list(normalization.STUDENT_MEAN), "std": list(normalization.STUDENT_STD),
+          "num_classes": num_classes,
           "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head",
       },
   }
@@ -374,7 +325,7 @@ def timm_config(vit: ViT, head: Optional[Params] = None,
 
 
 def export_timm(params: Params, vit_module: ViT, out_dir: str, *, head: Optional[Params] = None,
-                labels: Optional[Sequence[str]] = None, crop_pct: float = CROP_PCT
+                labels: Optional[Sequence[str]] = None, crop_pct: float = normalization.CROP_PCT
                 ) -> dict[str, Any]:
   """Writes timm's folder (config.json + model.safetensors) at `out_dir`; returns the config.
 
@@ -480,7 +431,7 @@ def export_workdir(workdir: str, out_dir: str, fmt: str, *, step: Optional[int] 
   elif labels is not None:
     raise ValueError("--labels names a classifier's classes; this run has no head.")
   student = params["student"]
-  crop_pct = config.data.get("crop_pct", CROP_PCT)
+  crop_pct = config.data.get("crop_pct", normalization.CROP_PCT)
   if fmt == "hf":
     export_hf(student, vit, out_dir, head=head, labels=labels, crop_pct=crop_pct)
   else:

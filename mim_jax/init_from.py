@@ -13,14 +13,14 @@ Sources (`spec`):
                    MAE's released .pth (under "model"), BEiT / BEiT v2's .pth (under "model" or
                    "module": q/v biases, gamma_1/2 layer scale, shared or per-block relative
                    position bias tables).
-Torch names are first brought to timm's ViT names (`canonical_*`), then one map fills the student
-(`_timm_to_student`); the layout changes are `teachers.checkpoint_io`'s. Everything the student
-does not use (heads, decoders, mask tokens, teacher weights, the optimizer) is listed once as
-dropped. A shared relative position bias fills every block's table when the student has one per
+Torch names are first brought to timm's ViT names (`convert.names.canonical_*`), then one map
+fills the student (`_timm_to_student`); the layout changes are `convert.layout`'s. Everything the
+student does not use (heads, decoders, mask tokens, teacher weights, the optimizer) is listed
+once as dropped. A shared relative position bias fills every block's table when the student has one per
 block (BEiT's start of fine-tuning); a fixed sin-cos student checks the source's embedding equals
 its own. The load is strict: every
 student tensor is filled or the run stops naming what is missing; a position embedding on another
-grid is resized bicubically (torch's kernel, `teachers.resize`); any other shape difference stops
+grid is resized bicubically (torch's kernel, `convert.resize`); any other shape difference stops
 the run. `check(spec)` runs before anything is written, so a bad path fails in one line.
 
 CLIP: the checkpoint is read by the teacher's converter (`teachers.clip.convert`: one name table
@@ -49,41 +49,19 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from mim_jax.convert import layout
+from mim_jax.convert import names
+from mim_jax.convert import scan
+from mim_jax.convert import resize
 from mim_jax.models import vit as vit_lib
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers import clip
-from mim_jax.teachers import resize
-from mim_jax.teachers import teacher as teacher_lib
-from mim_jax.teachers import vit as hf_vit
 from mim_jax.teachers import zoo
 
 PyTree = Any
 
 
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-# transformers ViT / ViTMAE / BEiT file names (after teachers.vit.canonical_names) -> timm's.
-_HF_TO_TIMM = [
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.mask_token$", "mask_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.",
-     r"blocks.\1.attn.\2."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.relative_position_bias\."
-     r"relative_position_bias_table$", r"blocks.\1.attn.relative_position_bias_table"),
-    (r"^encoder\.relative_position_bias\.relative_position_bias_table$",
-     "rel_pos_bias.relative_position_bias_table"),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
-    (r"^encoder\.layer\.(\d+)\.lambda_([12])$", r"blocks.\1.ls\2.gamma"),
-    (r"^layernorm\.", "norm."),
-    (r"^pooler\.layernorm\.", "fc_norm."),
-]
-
 
 class InitFromError(ValueError):
   """A source that cannot initialise the student; the message is one line naming the fix."""
@@ -173,7 +151,7 @@ def _read_workdir(source: Source) -> tuple[dict[str, np.ndarray], list[str]]:
   if "student" not in params:
     raise InitFromError(f"init_from {source.describe()}: its params hold no 'student' "
                         f"(found {sorted(params or restored)}).")
-  student = vit_lib.unstack_blocks(dict(params["student"]))  # a scanned run's stack: block{i}
+  student = scan.unstack_blocks(dict(params["student"]))  # a scanned run's stack: block{i}
   flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(student).items()}
   dropped = [f"params/{k}" for k in params if k != "student"] + [
       k for k in restored if k not in ("params", "step")]
@@ -194,54 +172,6 @@ def _read_torch_file(path: str) -> dict[str, np.ndarray]:
       break
   return {k: io._to_numpy(v, torch) for k, v in state.items()  # pylint: disable=protected-access
           if isinstance(v, torch.Tensor)}
-
-
-def canonical_transformers(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """transformers ViT / ViTMAE / BEiT file (or in-memory) names -> timm's ViT names; q/k/v
-  fused (a missing key bias, BEiT's, is zero)."""
-  w = hf_vit.canonical_names({k[len("beit."):] if k.startswith("beit.") else k: v
-                              for k, v in w.items()})
-  out, qkv = {}, {}
-  for key, value in w.items():
-    name = key
-    for pattern, repl in _HF_TO_TIMM:
-      name = re.sub(pattern, repl, name)
-    m = re.fullmatch(r"blocks\.(\d+)\.attn\.(query|key|value)\.(weight|bias)", name)
-    if m:
-      qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-      continue
-    io.put_unique(out, name, key, value, "init_from")
-  for (i, kind), parts in qkv.items():
-    if kind == "bias" and "key" not in parts and "query" in parts:
-      parts["key"] = np.zeros_like(parts["query"])
-    if set(parts) == {"query", "key", "value"}:
-      out[f"blocks.{i}.attn.qkv.{kind}"] = np.concatenate(
-          [parts[n] for n in ("query", "key", "value")], 0)
-    else:
-      out.update({f"blocks.{i}.attn.{n}.{kind}": v for n, v in parts.items()})
-  return out
-
-
-def canonical_beit(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """BEiT / BEiT v2 / timm beit names -> timm's ViT names: q_bias, (k_bias), v_bias -> qkv.bias,
-  gamma_1/2 -> ls1/2.gamma; the relative position index buffers are rebuilt by the student."""
-  out = {}
-  for key, value in w.items():
-    if key.endswith("relative_position_index") or re.search(r"attn\.[qkv]_bias$", key):
-      continue
-    name = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key)
-    out[name] = value
-  for key, value in w.items():
-    m = re.fullmatch(r"(blocks\.\d+\.attn)\.q_bias", key)
-    if m:
-      k_bias = w.get(f"{m.group(1)}.k_bias", np.zeros_like(value))
-      out[f"{m.group(1)}.qkv.bias"] = np.concatenate([value, k_bias, w[f"{m.group(1)}.v_bias"]])
-  return out
-
-
-def _is_beit(w: Mapping[str, np.ndarray]) -> bool:
-  return any(k.endswith((".q_bias", ".gamma_1")) or "relative_position_bias_table" in k
-             for k in w)
 
 
 def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vit: Any,
@@ -266,7 +196,7 @@ def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vi
       out[ours] = value
 
   heads = vit.num_heads
-  put("patch_embed/kernel", "patch_embed.proj.weight", io.conv_to_hwio)
+  put("patch_embed/kernel", "patch_embed.proj.weight", layout.conv_to_hwio)
   put("patch_embed/bias", "patch_embed.proj.bias")
   put("cls", "cls_token")
   put("mask_token", "mask_token")
@@ -278,12 +208,12 @@ def _timm_to_student(w: Mapping[str, np.ndarray], student: Mapping[str, Any], vi
       put(f"{b}{ours}/scale", f"{p}{theirs}.weight")
       put(f"{b}{ours}/bias", f"{p}{theirs}.bias")
     put(f"{b}attn/qkv_kernel", f"{p}attn.qkv.weight",
-        lambda x: io.fused_qkv(*np.split(x, 3, axis=0), heads))
+        lambda x: layout.fused_qkv(*np.split(x, 3, axis=0), heads))
     put(f"{b}attn/qkv_bias", f"{p}attn.qkv.bias")
-    put(f"{b}attn/out_kernel", f"{p}attn.proj.weight", lambda x: io.out_kernel(x, heads))
+    put(f"{b}attn/out_kernel", f"{p}attn.proj.weight", lambda x: layout.out_kernel(x, heads))
     put(f"{b}attn/out_bias", f"{p}attn.proj.bias")
     for fc in ("fc1", "fc2"):
-      put(f"{b}mlp/{fc}/kernel", f"{p}mlp.{fc}.weight", io.linear_to_kernel)
+      put(f"{b}mlp/{fc}/kernel", f"{p}mlp.{fc}.weight", layout.linear_to_kernel)
       put(f"{b}mlp/{fc}/bias", f"{p}mlp.{fc}.bias")
     put(f"{b}ls1", f"{p}ls1.gamma")
     put(f"{b}ls2", f"{p}ls2.gamma")
@@ -312,18 +242,6 @@ def _check_clip_architecture(arch: Any, vit: Any, source: Source) -> None:
         f"{' '.join(f'--config.student.{k}={v}' for k, v in wrong.items())}.")
 
 
-def clip_patch_embedding(kernel: np.ndarray, mean: Any, std: Any) -> tuple[np.ndarray, np.ndarray]:
-  """CLIP's patch kernel [p, p, 3, D] (no bias, on pixels normalised by CLIP's mean/std) as the
-  (kernel [p, p, 3, D], bias [D]) of the same function on student-normalised pixels:
-  (x * s_student + m_student - m_clip) / s_clip per channel, folded into the convolution."""
-  m_s, s_s = np.asarray(teacher_lib.STUDENT_MEAN), np.asarray(teacher_lib.STUDENT_STD)
-  m_c, s_c = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-  k = kernel.astype(np.float64)
-  scaled = k * (s_s / s_c)[None, None, :, None]
-  bias = np.einsum("hwcd,c->d", k, (m_s - m_c) / s_c)
-  return scaled.astype(np.float32), bias.astype(np.float32)
-
-
 def _read_clip(source: Source, student: Mapping[str, Any], vit: Any
                ) -> tuple[dict[str, np.ndarray], list[str]]:
   """(flat student weights, dropped names) of a CLIP vision checkpoint (see the module doc)."""
@@ -336,7 +254,7 @@ def _read_clip(source: Source, student: Mapping[str, Any], vit: Any
   flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
   dropped = sorted(k for k in flat if k.startswith("proj/"))
   out = {k: v for k, v in flat.items() if not k.startswith("proj/")}
-  out["patch_embed/kernel"], out["patch_embed/bias"] = clip_patch_embedding(
+  out["patch_embed/kernel"], out["patch_embed/bias"] = layout.clip_patch_embedding(
       out["patch_embed/kernel"], mean, std)
   template = traverse_util.flatten_dict(dict(student), sep="/")
   for name, leaf in template.items():  # what CLIP lacks, at the value that changes nothing
@@ -349,9 +267,9 @@ def _read_clip(source: Source, student: Mapping[str, Any], vit: Any
 
 def _check_fixed_posemb(pos: np.ndarray, vit: Any, source: Source) -> None:
   """A student without learned position embedding must see the same one the source used."""
-  own = vit_lib.position_embedding({}, vit)
+  own = layout.position_embedding({}, vit)
   if pos.shape != own.shape:
-    pos = resize_pos_embedding(pos, own.shape)
+    pos = _resize(pos, own.shape, source)
   if not np.allclose(pos, own, atol=1e-4):
     raise InitFromError(f"init_from {source.describe()}: its position embedding is not this "
                         f"student's fixed posemb={vit.posemb!r}; set student.posemb='learned'.")
@@ -363,13 +281,13 @@ def read(source: Source, student: Mapping[str, Any], vit: Any
   if source.kind == "workdir":
     weights, dropped = _read_workdir(source)
   elif source.kind == "transformers":
-    w = canonical_transformers(io.read_weights(source.path))
+    w = names.canonical_transformers(io.read_weights(source.path))
     weights, dropped = _timm_to_student(w, student, vit, source)
   elif source.kind == "clip":
     weights, dropped = _read_clip(source, student, vit)
   elif source.kind == "torch":
     w = _read_torch_file(source.path)
-    w = canonical_beit(w) if _is_beit(w) else w
+    w = names.canonical_beit(w) if names.is_beit(w) else w
     weights, dropped = _timm_to_student(w, student, vit, source)
   else:
     raise InitFromError(f"init_from: unknown source kind {source.kind!r}.")
@@ -379,10 +297,10 @@ def read(source: Source, student: Mapping[str, Any], vit: Any
 def _unshare(weights: dict[str, np.ndarray], student: Mapping[str, Any], depth: int
              ) -> dict[str, np.ndarray]:
   """A shared relative position bias table copied to every block's table when the student has
-  one per block (`models.vit.unshare_relative_position_bias`); otherwise `weights` as given."""
+  one per block (`convert.layout.unshare_relative_position_bias`); otherwise `weights` as given."""
   if "rel_pos_bias/table" not in weights or "rel_pos_bias_0" not in student:
     return weights
-  tree = vit_lib.unshare_relative_position_bias(
+  tree = layout.unshare_relative_position_bias(
       traverse_util.unflatten_dict(weights, sep="/"), depth)
   return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
@@ -391,26 +309,17 @@ def _fit(name: str, value: np.ndarray, shape: tuple[int, ...], source: Source) -
   if value.shape == tuple(shape):
     return value
   if name.endswith("pos_embedding") and value.ndim == len(shape) and value.shape[-1] == shape[-1]:
-    return resize_pos_embedding(value, shape)
+    return _resize(value, shape, source)
   raise InitFromError(f"init_from {source.describe()}: {name} has shape {value.shape}, the "
                       f"student needs {tuple(shape)}; use a source with the student's variant.")
 
 
-def resize_pos_embedding(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """[(1,) extra + n*n, D] -> [(1,) extra + m*m, D], bicubic on the grid (torch's kernel); the
-  extra (CLS) row is kept."""
-  if value.shape[-1] != shape[-1]:
-    raise InitFromError(f"position embedding has shape {value.shape}, the student needs "
-                        f"{tuple(shape)}; use a source with the student's width.")
-  n_src, n_dst = value.shape[-2], shape[-2]
-  rows = value.reshape(n_src, value.shape[-1])
-  for extra in (1, 0):
-    gs, gd = int(round((n_src - extra) ** 0.5)), int(round((n_dst - extra) ** 0.5))
-    if gs * gs == n_src - extra and gd * gd == n_dst - extra:
-      grid = rows[extra:].reshape(gs, gs, -1)
-      out = resize.resize_grid_np(grid, (gd, gd)).reshape(gd * gd, -1)
-      return np.concatenate([rows[:extra], out], 0).reshape(shape).astype(value.dtype)
-  raise InitFromError(f"position embedding of {n_src} tokens cannot be resized to {n_dst}.")
+def _resize(value: np.ndarray, shape: tuple[int, ...], source: Source) -> np.ndarray:
+  """A position embedding on the student's grid (`convert.resize.resize_pos_embedding`)."""
+  try:
+    return resize.resize_pos_embedding(value, shape)
+  except ValueError as e:
+    raise InitFromError(f"init_from {source.describe()}: {e}") from None
 
 
 def merge(student: Mapping[str, Any], weights: Mapping[str, np.ndarray], source: Source
@@ -447,12 +356,12 @@ def load_student(spec: str, student: Mapping[str, Any], vit: Any) -> dict[str, A
   whose shapes and dtypes are used) of the ViT module `vit`, initialised from `spec`.
 
   Sources are read in the unscanned `block{i}` layout; a scanned student (`student.scan`) gets
-  them stacked (`models.vit.stack_blocks`) at the end, so any source fills either student."""
+  them stacked (`convert.scan.stack_blocks`) at the end, so any source fills either student."""
   source = check(spec)
-  template = vit_lib.unstack_blocks(dict(student))
+  template = scan.unstack_blocks(dict(student))
   weights, dropped = read(source, template, vit)
   tree, unused = merge(template, weights, source)
-  tree = vit_lib.restack(tree, vit_lib.stack_starts(student))
+  tree = scan.restack(tree, vit_lib.stack_starts(student))
   logging.info("init_from: loaded %d student tensors from %s", len(weights) - len(unused),
                source.describe())
   if unused or dropped:

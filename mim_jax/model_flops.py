@@ -156,7 +156,7 @@ def teacher_encoder(teacher: Any) -> Encoder:
 # Per method.
 # --------------------------------------------------------------------------------------------
 def resize(size_in: int, size_out: int, channels: int = 3) -> float:
-  """The teacher's bicubic resize of square images (`teachers.resize.resize_images`): one
+  """The teacher's bicubic resize of square images (`convert.resize.resize_images`): one
   matmul per spatial axis."""
   if size_in == size_out:
     return 0.0

@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 from mim_jax.data import block_mask
 from mim_jax.data import digits
 from mim_jax.data import input_pipeline as ip
+from mim_jax.data import normalization
 from mim_jax.data import preprocess
 
 SIZE = 16  # Model input side in these tests: small keeps tf.data fast.
@@ -92,7 +93,7 @@ def test_eval_op_centre_crop():
   image[:, :10] = image[:, 30:] = 255
   out = preprocess.eval_op(SIZE, crop_pct=1.0)(tf.constant(image)).numpy()
   assert out.shape == (SIZE, SIZE, 3)
-  black = (0.0 - np.array(preprocess.IMAGENET_MEAN)) / np.array(preprocess.IMAGENET_STD)
+  black = (0.0 - np.array(normalization.IMAGENET_MEAN)) / np.array(normalization.IMAGENET_STD)
   np.testing.assert_allclose(out[:, 2:-2], np.broadcast_to(black, out[:, 2:-2].shape), atol=1e-5)
 
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from mim_jax import export
+from mim_jax.data import normalization
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import classify
 
@@ -78,7 +79,7 @@ def test_hf_vit_model_parity(tmp_path, posemb):
     config = json.load(f)
   assert config["layer_norm_eps"] == 1e-6 and config["hidden_act"] == "gelu"
   with open(tmp_path / "preprocessor_config.json") as f:
-    assert json.load(f)["image_mean"] == list(export.STUDENT_MEAN)
+    assert json.load(f)["image_mean"] == list(normalization.STUDENT_MEAN)
 
 
 def test_sincos_written_with_zero_cls_row(tmp_path):
@@ -276,7 +277,7 @@ def test_preprocessor_reproduces_the_evaluation_crop(tmp_path):
   photo = smooth_photo()
   theirs = AutoImageProcessor.from_pretrained(str(tmp_path))(
       Image.fromarray(photo), return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
-  ours = np.asarray(preprocess.eval_op(SIZE, crop_pct=export.CROP_PCT)(photo))
+  ours = np.asarray(preprocess.eval_op(SIZE, crop_pct=normalization.CROP_PCT)(photo))
   assert theirs.shape == ours.shape == (SIZE, SIZE, 3)
   # A squashed (uncropped) resize of this 45x80 photo is far off; the crop agrees to resampling.
   assert np.abs(theirs - ours).mean() < 0.05, np.abs(theirs - ours).mean()
@@ -304,7 +305,8 @@ def test_timm_folder_names_a_timm_model_and_its_data_config(tmp_path):
   assert config["architecture"] == "vit_base_patch16_224"  # model_args override its sizes
   assert config["model_args"]["embed_dim"] == 32 and config["model_args"]["num_classes"] == 0
   cfg = config["pretrained_cfg"]
-  assert (cfg["mean"], cfg["std"]) == (list(export.STUDENT_MEAN), list(export.STUDENT_STD))
+  assert (cfg["mean"], cfg["std"]) == (list(normalization.STUDENT_MEAN),
+                                        list(normalization.STUDENT_STD))
   assert (cfg["crop_pct"], cfg["interpolation"], cfg["input_size"]) == (0.875, "bicubic",
                                                                         [3, SIZE, SIZE])
   vit_b = ViT.from_variant("B/16")

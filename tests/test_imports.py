@@ -28,7 +28,9 @@ PACKAGE = "mim_jax"
 #    reader of the command lines, the analysis measures (pure jnp functions), the kinds of value
 #    a config key may hold (allowed), the XLA flags set on import;
 #  - data, then masking (pure jnp), then models (ViT, ConvViT: masking for the hybrid's masks),
-#    then teachers (their network is built from models' layers);
+#    then checkpoint conversion (name tables, tensor layouts, the student's scan layout: reads
+#    the ViT's names and layers), then teachers (their network is built from models' layers,
+#    their converters use the conversion's tables);
 #  - optim (layer decay reads the ViT's block names), then evaluation (the linear probe trains
 #    with optim; kNN and features run a ViT), then objectives (models + heads + losses, and the
 #    evaluation each one's runs choose);
@@ -46,6 +48,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mim_jax.data",),
     ("mim_jax.masking",),
     ("mim_jax.models",),
+    ("mim_jax.convert",),
     ("mim_jax.teachers",),
     ("mim_jax.optim",),
     ("mim_jax.evaluation",),
@@ -230,7 +233,7 @@ def _copy_with(tmp_path, relpath: str, old: str, new: str) -> str:
     ("mim_jax/teachers/zoo.py", "import dataclasses\n", "import dataclasses\n"
      "from mim_jax import demo\n", "mim_jax.teachers.zoo imports mim_jax.demo (top), a higher"),
     # The old circle through a function-local import: init_from -> export -> init_from.
-    ("mim_jax/init_from.py", "  own = vit_lib.position_embedding({}, vit)\n",
+    ("mim_jax/init_from.py", "  own = layout.position_embedding({}, vit)\n",
      "  from mim_jax import export  # pylint: disable=import-outside-toplevel\n"
      "  own = export.position_embedding({}, vit)\n", "import circle: "),
     # A circle through the registry: an objective module's helper asking the registry.

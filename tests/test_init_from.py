@@ -11,6 +11,7 @@ import pytest
 from configs import finetune_b16, mae_b16
 from mim_jax import assembly, checkpoint as ckpt_lib, init_from, sharding, step as step_lib
 from mim_jax import train
+from mim_jax.convert import layout, resize
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_finetune_starts_from_the_pretrained_student(tmp_path, mae_workdir, step
 def test_position_embedding_is_resized_bicubically():
   rng = np.random.default_rng(0)
   pe = rng.normal(size=(1, 1 + 4 * 4, 8)).astype(np.float32)
-  out = init_from.resize_pos_embedding(pe, (1, 1 + 8 * 8, 8))
+  out = resize.resize_pos_embedding(pe, (1, 1 + 8 * 8, 8))
   assert out.shape == (1, 65, 8)
   np.testing.assert_array_equal(out[0, 0], pe[0, 0])  # CLS kept
   import torch
@@ -109,7 +110,6 @@ import argparse  # noqa: E402
 import torch  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
-from mim_jax.models import vit as vit_lib  # noqa: E402
 from mim_jax.models.vit import ViT  # noqa: E402
 from tests.test_export import max_err, nchw, timm_convention_forward  # noqa: E402
 
@@ -170,7 +170,7 @@ def test_timm_safetensors_features_equal(tmp_path):
 def test_mae_pth_features_equal_and_pretraining_parts_dropped(tmp_path, caplog):
   vit = tiny_student()  # MAE's fixed sin-cos embedding
   sd = random_timm_sd(layer_scale=False)
-  sd["pos_embed"] = torch.from_numpy(vit_lib.position_embedding({}, vit))[None]
+  sd["pos_embed"] = torch.from_numpy(layout.position_embedding({}, vit))[None]
   sd.pop("head.weight"), sd.pop("head.bias")
   sd.update({"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.ones(8, 32),
              "decoder_pred.bias": torch.ones(48)})
@@ -326,7 +326,7 @@ def test_maskalign_pth_keeps_the_student_and_drops_heads_and_teacher_once(tmp_pa
   and weights, and the whole frozen teacher (clip_model.*); the teacher is named once."""
   vit = tiny_student()
   sd = random_timm_sd(layer_scale=False)
-  sd["pos_embed"] = torch.from_numpy(vit_lib.position_embedding({}, vit))[None]
+  sd["pos_embed"] = torch.from_numpy(layout.position_embedding({}, vit))[None]
   sd.pop("head.weight"), sd.pop("head.bias")
   sd.update({f"distill_heads.{i}.weight": torch.ones(16, 32) for i in range(2)})
   sd["distill_weights"] = torch.eye(2)

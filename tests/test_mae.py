@@ -10,7 +10,7 @@ import pytest
 
 from mim_jax import masking, optim, sharding, step
 from mim_jax.objectives import mae
-from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
+from mim_jax.data.normalization import STUDENT_MEAN, STUDENT_STD
 from mim_jax.tools import dataset_stats
 
 P = 4  # patch size of the hand-made images: 8x8 images -> 4 patches of 48 values

@@ -11,7 +11,7 @@ import pytest
 
 from mim_jax import masking, optim, sharding, step
 from mim_jax.objectives import mrmae
-from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
+from mim_jax.data.normalization import STUDENT_MEAN, STUDENT_STD
 
 
 def np_ln(x, eps=1e-5):

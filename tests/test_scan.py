@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mim_jax import export, init_from, masking, optim
+from mim_jax.convert import scan
 from mim_jax.models import vit as vit_lib
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import maskalign, mrmae
@@ -28,7 +29,7 @@ def scanned(model):
 
 
 def restacked(params, depth):
-  return {**params, "student": vit_lib.stack_blocks(params["student"], depth)}
+  return {**params, "student": scan.stack_blocks(params["student"], depth)}
 
 
 def assert_same_loss_and_grads(model, loss_of, params):
@@ -38,7 +39,7 @@ def assert_same_loss_and_grads(model, loss_of, params):
   l1, g1 = jax.jit(jax.value_and_grad(loss_of(scanned(model))))(restacked(params, depth))
   assert float(l0) > 0
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
-  chex.assert_trees_all_close({**g1, "student": vit_lib.unstack_blocks(g1["student"])}, g0,
+  chex.assert_trees_all_close({**g1, "student": scan.unstack_blocks(g1["student"])}, g0,
                               rtol=1e-5, atol=1e-7)
   return g1
 
@@ -96,9 +97,9 @@ def test_scanned_options_attention_and_layout(kw):
   spec = nn.get_partition_spec(boxed)["layers"]["block"]["attn"]["qkv_kernel"]
   assert tuple(spec) == ("layers", "embed", None, "heads", "kv")
   params = random_params(types.SimpleNamespace(init=plain.init), x)
-  stacked = vit_lib.stack_blocks(params, 3)
+  stacked = scan.stack_blocks(params, 3)
   assert ("rel_pos_bias" in stacked["layers"]) == (kw["rel_pos"] == "per_layer")
-  chex.assert_trees_all_equal(vit_lib.unstack_blocks(stacked), params)
+  chex.assert_trees_all_equal(scan.unstack_blocks(stacked), params)
   o0, a0 = plain.apply({"params": params}, x, attn_layers=(1, -1))
   o1, a1 = plain.clone(scan=True).apply({"params": stacked}, x, attn_layers=(1, -1))
   np.testing.assert_allclose(o1, o0, rtol=1e-5, atol=1e-5)
@@ -133,11 +134,11 @@ def test_robust_mae_mid_tokens_scanned_equal_unscanned(mid_depth):
 
   depth = model.student.depth
   l0, g0 = jax.jit(jax.value_and_grad(loss_of(model)))(params)
-  stacked = {**params, "student": vit_lib.stack_blocks(params["student"], depth, starts)}
+  stacked = {**params, "student": scan.stack_blocks(params["student"], depth, starts)}
   l1, g1 = jax.jit(jax.value_and_grad(loss_of(scanned(model))))(stacked)
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
   assert float(jnp.abs(g0["student"]["mid_mask_token"]).max()) > 0
-  chex.assert_trees_all_close({**g1, "student": vit_lib.unstack_blocks(g1["student"])}, g0,
+  chex.assert_trees_all_close({**g1, "student": scan.unstack_blocks(g1["student"])}, g0,
                               rtol=1e-5, atol=1e-7)
 
 
@@ -145,10 +146,10 @@ def test_split_stacks_restack_and_decay_by_block():
   """`layers` + `layers_2`: unstack/stack are inverse, and layer decay gives each row its
   block's scale, as for the unscanned blocks."""
   params = {f"block{i}": {"k": np.full((4, 5), i, np.float32)} for i in range(3)}
-  stacked = vit_lib.stack_blocks(params, 3, (0, 2))
+  stacked = scan.stack_blocks(params, 3, (0, 2))
   assert sorted(stacked) == ["layers", "layers_2"]
   assert stacked["layers"]["block"]["k"].shape == (2, 4, 5)
-  chex.assert_trees_all_equal(vit_lib.unstack_blocks(stacked), params)
+  chex.assert_trees_all_equal(scan.unstack_blocks(stacked), params)
   s = optim.layer_decay_scales({"student": stacked}, 0.5)["student"]
   np.testing.assert_allclose(np.concatenate([s["layers"]["block"]["k"].ravel(),
                                              s["layers_2"]["block"]["k"].ravel()]),
@@ -171,7 +172,7 @@ def test_export_and_init_from_use_the_unstacked_layout(tmp_path):
   vit = ViT(patch=4, width=32, depth=2, num_heads=2, mlp_dim=64, image_size=16)
   x = jnp.zeros((1, 16, 16, 3))
   params = random_params(types.SimpleNamespace(init=vit.init), x)
-  stacked = vit_lib.stack_blocks(params, 2)
+  stacked = scan.stack_blocks(params, 2)
   sd = export.timm_state_dict(stacked, vit.clone(scan=True))
   chex.assert_trees_all_equal(sd, export.timm_state_dict(params, vit))
   path = str(tmp_path / "w.safetensors")

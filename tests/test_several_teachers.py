@@ -20,7 +20,8 @@ from mim_jax import objectives
 from mim_jax.objectives import mrmae
 from mim_jax.teachers import network
 from mim_jax.teachers.network import Arch
-from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD, Teacher
+from mim_jax.data.normalization import STUDENT_MEAN, STUDENT_STD
+from mim_jax.teachers.teacher import Teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,6 +12,7 @@ import pytest
 
 from configs import maskalign_b16_clip_b16
 from mim_jax import assembly, checkpoint as ckpt_lib, sharding, step as step_lib, train
+from mim_jax.convert import scan as scan_lib
 
 
 def config_for(teacher_dir, total_steps, **kw):
@@ -162,11 +163,11 @@ def test_resume_across_student_scan(tmp_path, tiny_vit_teacher_dir):
   np.testing.assert_allclose([b[s] for s in sorted(a)], [a[s] for s in sorted(a)], rtol=1e-5)
   c = config(6, True)  # read the last (unscanned) checkpoint into a scanned student
   setup = assembly.make_setup(c, assembly.load_teacher(c), sharding.make_mesh(c.mesh), 6, 0)
-  step, state_b, _ = assembly.restore_any_layout(ckpt_lib.manager(mixed),
+  step, state_b, _ = scan_lib.restore_any_layout(ckpt_lib.manager(mixed),
                                               *step_lib.state_shardings(setup))
   assert step == 6 and "layers" in state_b.params["student"]
   assert "block0" not in state_b.params["student"]
-  state_b = assembly._restack_state(jax.device_get(state_b), ())
+  state_b = scan_lib.restack_state(jax.device_get(state_b), ())
   _, state_a = restore_params(config(6, False), plain, (8, 1))
 
   def without_key_bias(state):  # its true gradient is 0: Adam scales rounding noise up to lr

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mim_jax.convert import layout
 from mim_jax.models import layers
 from mim_jax.models import vit as vit_lib
 from mim_jax.models.vit import ViT
@@ -77,7 +78,7 @@ def test_per_layer_tables_and_unsharing(images):
   per_layer = micro(rel_pos="per_layer", posemb="none")
   own = init(per_layer, images)["params"]
   assert {f"rel_pos_bias_{i}" for i in range(4)} <= set(own) and "rel_pos_bias" not in own
-  unshared = vit_lib.unshare_relative_position_bias(params, depth=4)
+  unshared = layout.unshare_relative_position_bias(params, depth=4)
   np.testing.assert_allclose(shared.apply({"params": params}, images)[0],
                              per_layer.apply({"params": unshared}, images)[0], atol=1e-5)
 

@@ -39,6 +39,7 @@ from mim_jax import step as step_lib
 from mim_jax import teachers
 from mim_jax.analysis import hessian, plots, spectra, summary
 from mim_jax.data import input_pipeline
+from mim_jax.data import normalization
 from mim_jax.teachers import teacher as teacher_lib
 from mim_jax.tools import config_file
 
@@ -166,7 +167,7 @@ def default_queries(grid: tuple[int, int]) -> list[int]:
 
 # ---- writing -----------------------------------------------------------------------------------
 def _unnormalize(images: np.ndarray) -> np.ndarray:
-  mean, std = np.asarray(teacher_lib.STUDENT_MEAN), np.asarray(teacher_lib.STUDENT_STD)
+  mean, std = np.asarray(normalization.STUDENT_MEAN), np.asarray(normalization.STUDENT_STD)
   return np.clip(images * std + mean, 0.0, 1.0)
 
 

@@ -65,6 +65,7 @@ import tensorflow_datasets as tfds
 
 from mim_jax import allowed
 from mim_jax.data import digits
+from mim_jax.data import normalization
 from mim_jax.data import preprocess
 from mim_jax.data import randaugment
 
@@ -90,7 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
       "eval_split": "validation",
       "image_size": 224,
       "crop_scale": (0.2, 1.0),
-      "crop_pct": 0.875,
+      "crop_pct": normalization.CROP_PCT,
       "flip": True,
       "color_jitter": 0.0,
       "shuffle_buffer": 10_000,

@@ -18,10 +18,9 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from mim_jax.data import normalization
 from mim_jax.data import randaugment as augment_lib
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # ITU-R 601 luma weights: torchvision's rgb_to_grayscale, used by its ColorJitter.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -42,7 +41,7 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
 
 def normalize(image: tf.Tensor) -> tf.Tensor:
   """[H, W, 3] pixels in [0, 1] -> float32 (x - mean) / std."""
-  return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+  return (image - tf.constant(normalization.STUDENT_MEAN)) / tf.constant(normalization.STUDENT_STD)
 
 
 def _resize(image: tf.Tensor, hw: tf.Tensor) -> tf.Tensor:
@@ -131,7 +130,7 @@ def train_op(size: int, *, scale: tuple[float, float] = (0.2, 1.0),
   return op
 
 
-def eval_op(size: int, *, crop_pct: float = 0.875) -> EvalOp:
+def eval_op(size: int, *, crop_pct: float = normalization.CROP_PCT) -> EvalOp:
   """Evaluation view: uint8 [H, W, 3] -> float32 [size, size, 3].
 
   Resizes the shorter side to round(size / crop_pct) (bicubic), takes the central size x size
@@ -139,7 +138,7 @@ def eval_op(size: int, *, crop_pct: float = 0.875) -> EvalOp:
   """
   if not 0.0 < crop_pct <= 1.0:
     raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-  resize_to = int(round(size / crop_pct))
+  resize_to = normalization.eval_resize(size, crop_pct)
 
   def op(image: tf.Tensor) -> tf.Tensor:
     hw = tf.cast(tf.shape(image)[:2], tf.float32)

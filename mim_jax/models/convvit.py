@@ -71,7 +71,7 @@ import jax.numpy as jnp
 from mim_jax import config as config_lib
 from mim_jax import masking
 from mim_jax.models import layers
-from mim_jax.models.vit import POSEMBS, gather_tokens
+from mim_jax.models.vit import PatchGrid, absolute_position_embedding, gather_tokens
 
 F32 = jnp.float32
 STEM_EPS = 1e-5  # PatchEmbed's and CBlock's nn.LayerNorm(dim): torch's default eps
@@ -162,7 +162,7 @@ class ConvBlock(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-class ConvViT(nn.Module):
+class ConvViT(PatchGrid, nn.Module):
   """The hybrid student; sizes from `config.CONV_SIZES` through `ConvViT.from_variant`.
 
   Attributes:
@@ -204,25 +204,10 @@ class ConvViT(nn.Module):
     """Transformer blocks (what fusion, attention layers and layer decay count)."""
     return self.depths[2]
 
-  @property
-  def grid(self) -> tuple[int, int]:
-    return layers.patch_grid(self.image_size, self.patch)
-
-  @property
-  def num_patches(self) -> int:
-    return self.grid[0] * self.grid[1]
-
   def position_embedding(self) -> jax.Array:
     """[N, D], no CLS row."""
-    if self.posemb == "sincos":
-      return layers.posemb_sincos_2d(self.grid, self.width)
-    if self.posemb == "learned":
-      return self.param("pos_embedding", layers.partitioned(layers.trunc_normal(0.02),
-                                                            (None, "embed")),
-                        (self.num_patches, self.width))
-    if self.posemb == "none":
-      return jnp.zeros((self.num_patches, self.width), F32)
-    raise ValueError(f"Unknown posemb {self.posemb!r}: use one of {POSEMBS}.")
+    return absolute_position_embedding(self, self.posemb, self.grid, self.width,
+                                       cls_token=False)
 
   def drop_path_rates(self) -> list[float]:
     """One rate per block, conv blocks first, linear from 0 to `drop_path` (ConvMAE's dpr)."""

@@ -109,6 +109,33 @@ class RelativePositionBias(nn.Module):
     return table[per_example].transpose(0, 3, 1, 2)
 
 
+class PatchGrid:
+  """`grid` and `num_patches` of a module with `image_size` and `patch` (the ViT, the ConvViT)."""
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    return layers.patch_grid(self.image_size, self.patch)
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid[0] * self.grid[1]
+
+
+def absolute_position_embedding(module: nn.Module, posemb: str, grid: tuple[int, int],
+                                width: int, cls_token: bool) -> jax.Array:
+  """The [N (+ 1), D] embedding `module` adds to its tokens (with `cls_token`, row 0 is CLS's):
+  fixed sin-cos, the learned parameter `pos_embedding`, or zeros (`posemb` of `POSEMBS`)."""
+  n = grid[0] * grid[1] + int(cls_token)
+  if posemb == "sincos":
+    return layers.posemb_sincos_2d(grid, width, cls_token=cls_token)
+  if posemb == "learned":
+    return module.param("pos_embedding", layers.partitioned(layers.trunc_normal(0.02),
+                                                            (None, "embed")), (n, width))
+  if posemb == "none":
+    return jnp.zeros((n, width), F32)
+  raise ValueError(f"Unknown posemb {posemb!r}: use one of {POSEMBS}.")
+
+
 def block_inits(weight_init: str, i: Any) -> dict:
   """Kernel initialisers of block i (0-based; a traced index under scan); empty for MAE (the
   layers' xavier defaults)."""
@@ -125,27 +152,17 @@ def block_inits(weight_init: str, i: Any) -> dict:
   return dict(qkv_init=plain, fc1_init=plain, out_init=rescaled, fc2_init=rescaled)
 
 
-def unshare_relative_position_bias(params: dict, depth: int) -> dict:
-  """Shared-table params -> per-layer-table params (BEiT's start of fine-tuning): every block's
-  table `rel_pos_bias_{i}` starts as a copy of the shared `rel_pos_bias`. Other entries kept."""
-  params = dict(params)
-  shared = params.pop("rel_pos_bias")
-  for i in range(depth):
-    params[f"rel_pos_bias_{i}"] = jax.tree.map(jnp.array, shared)
-  return params
-
-
 # --------------------------------------------------------------------------------------------
 # The student.
 # --------------------------------------------------------------------------------------------
-class ViT(nn.Module):
+class ViT(PatchGrid, nn.Module):
   """Student ViT. Sizes come from `config.SIZES` through `ViT.from_variant`.
 
   Attributes (beyond the size):
     posemb: absolute position embedding, "sincos" (fixed, MAE) | "learned" | "none".
     rel_pos: BEiT relative position bias, "none" | "shared" (one table for all blocks, parameter
       `rel_pos_bias/table`; MaskDistill / BEiT pretraining) | "per_layer" (`rel_pos_bias_{i}`;
-      fine-tuning, see `unshare_relative_position_bias`).
+      fine-tuning, see `convert.layout.unshare_relative_position_bias`).
     layer_scale: None, or the initial value of the per-channel residual gains (0.1 for B, 1e-5
       for L and H in BEiT / MaskDistill).
     weight_init: "mae" (xavier-uniform kernels, normal(0.02) tokens) | "beit" (trunc_normal(0.02)
@@ -159,13 +176,13 @@ class ViT(nn.Module):
     scan: run the blocks under `nn.scan` (one block compiled once, looped `depth` times: compile
       time and program size stop growing with depth). The blocks' parameters are then stacked,
       `layers/block/...` (and `layers/rel_pos_bias/table` for per-layer tables) with a leading
-      [depth] axis named "layers"; `unstack_blocks` / `stack_blocks` convert to and from the
-      `block{i}` layout, which init_from and export use. Per-block outputs come back as the
-      scan's outputs (`aux["blocks"]` unchanged); asking for attention of any layer returns it
-      for all layers inside the scan (costly: analysis-sized batches only). Robust MAE's
-      mid-depth tokens change the sequence inside the stack, so with them (`mid_depth` k > 0)
-      the stack is two scans: blocks [0, k) in `layers` and [k, depth) in `layers_{k}`
-      (`stack_starts` reads the segments back from a parameter tree).
+      [depth] axis named "layers"; `convert.scan.unstack_blocks` / `stack_blocks` convert to
+      and from the `block{i}` layout, which init_from and export use. Per-block outputs come
+      back as the scan's outputs (`aux["blocks"]` unchanged); asking for attention of any
+      layer returns it for all layers inside the scan (costly: analysis-sized batches only).
+      Robust MAE's mid-depth tokens change the sequence inside the stack, so with them
+      (`mid_depth` k > 0) the stack is two scans: blocks [0, k) in `layers` and [k, depth) in
+      `layers_{k}` (`stack_starts` reads the segments back from a parameter tree).
   """
   patch: int
   width: int
@@ -191,25 +208,9 @@ class ViT(nn.Module):
     return cls(patch=patch, width=size.width, depth=size.depth, num_heads=size.heads,
                mlp_dim=size.mlp_dim, **kwargs)
 
-  @property
-  def grid(self) -> tuple[int, int]:
-    return layers.patch_grid(self.image_size, self.patch)
-
-  @property
-  def num_patches(self) -> int:
-    return self.grid[0] * self.grid[1]
-
   def position_embedding(self) -> jax.Array:
     """[N + 1, D]: row 0 is CLS's."""
-    n = self.num_patches
-    if self.posemb == "sincos":
-      return layers.posemb_sincos_2d(self.grid, self.width, cls_token=True)
-    if self.posemb == "learned":
-      return self.param("pos_embedding", layers.partitioned(layers.trunc_normal(0.02),
-                                                            (None, "embed")), (n + 1, self.width))
-    if self.posemb == "none":
-      return jnp.zeros((n + 1, self.width), F32)
-    raise ValueError(f"Unknown posemb {self.posemb!r}: use 'sincos', 'learned' or 'none'.")
+    return absolute_position_embedding(self, self.posemb, self.grid, self.width, cls_token=True)
 
   # ---- initialisers -------------------------------------------------------------------------
   def _check_options(self) -> None:
@@ -379,18 +380,6 @@ class ViT(nn.Module):
     return out, {"blocks": tuple(blocks), "attn": attn}
 
 
-def position_embedding(params: Mapping[str, Any], vit: ViT) -> np.ndarray:
-  """The [N + 1, D] embedding a student `vit` adds to [CLS, patches], as a host float32 array:
-  fixed sin-cos (CLS row zeros), its learned `params["pos_embedding"]`, or zeros."""
-  if vit.posemb == "sincos":
-    return np.array(layers.posemb_sincos_2d(vit.grid, vit.width, cls_token=True), np.float32)
-  if vit.posemb == "learned":
-    return np.array(jax.device_get(params["pos_embedding"]), np.float32)
-  if vit.posemb == "none":
-    return np.zeros((vit.num_patches + 1, vit.width), np.float32)
-  raise ValueError(f"Unknown posemb {vit.posemb!r}: use 'sincos', 'learned' or 'none'.")
-
-
 # The scanned stack's name in the parameter tree (blocks from 0), and its per-layer children; a
 # stack that starts at block k > 0 (the second scan of a split stack) is `layers_{k}`.
 SCANNED = "layers"
@@ -451,75 +440,6 @@ class ScannedLayer(nn.Module):
     with layers.scanned_stack():
       x, probs = block(x, bias, self.deterministic, self.return_probs)
     return x, (x, probs)
-
-
-def _moved_sharding(sharding: Any, spec: Callable[[tuple], tuple]) -> Any:
-  """A NamedSharding with its partition spec changed by `spec`; other shardings (or None) as
-  they are."""
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
-        *spec(tuple(sharding.spec))))
-  return sharding
-
-
-def _leaf_at(a: Any, i: int) -> Any:
-  """Layer i of a stacked leaf (an array, or a ShapeDtypeStruct whose sharding loses the layer
-  axis)."""
-  if isinstance(a, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct(a.shape[1:], a.dtype,
-                                sharding=_moved_sharding(a.sharding, lambda p: p[1:]))
-  return a[i]
-
-
-def _stacked(leaves: Sequence[Any]) -> Any:
-  """The layers stacked (arrays, or ShapeDtypeStructs whose sharding gains an unsplit layer
-  axis)."""
-  if isinstance(leaves[0], jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct((len(leaves),) + tuple(leaves[0].shape), leaves[0].dtype,
-                                sharding=_moved_sharding(leaves[0].sharding,
-                                                         lambda p: (None,) + p))
-  return (np.stack if isinstance(leaves[0], np.ndarray) else jnp.stack)(leaves)
-
-
-def unstack_blocks(params: dict) -> dict:
-  """A scanned student's parameters -> the `block{i}` (+ `rel_pos_bias_{i}`) layout of the
-  unscanned one; other entries kept. A tree without a stack is returned as it is. Leaves may
-  be arrays or ShapeDtypeStructs (unboxed)."""
-  params = dict(params)
-  for start in stack_starts(params):
-    stack = params.pop(stack_name(start))
-    length = jax.tree.leaves(stack["block"])[0].shape[0]
-    for j in range(length):
-      params[f"block{start + j}"] = jax.tree.map(lambda a: _leaf_at(a, j), stack["block"])
-      if "rel_pos_bias" in stack:
-        params[f"rel_pos_bias_{start + j}"] = jax.tree.map(lambda a: _leaf_at(a, j),
-                                                           stack["rel_pos_bias"])
-  return params
-
-
-def stack_blocks(params: dict, depth: int, starts: Sequence[int] = (0,)) -> dict:
-  """The inverse of `unstack_blocks`: `block{i}` (+ `rel_pos_bias_{i}`), i < depth, stacked
-  into one stack per segment [starts[j], starts[j + 1]) (`layers/block`, `layers_{k}/block`, ...;
-  + `rel_pos_bias`)."""
-  params = dict(params)
-  bounds = list(starts) + [depth]
-  for start, stop in zip(bounds[:-1], bounds[1:]):
-    def stacked(prefix):
-      return jax.tree.map(lambda *a: _stacked(a),
-                          *[params.pop(f"{prefix}{i}") for i in range(start, stop)])
-    stack = {"block": stacked("block")}
-    if f"rel_pos_bias_{start}" in params:
-      stack["rel_pos_bias"] = stacked("rel_pos_bias_")
-    params[stack_name(start)] = stack
-  return params
-
-
-def restack(params: dict, starts: Sequence[int]) -> dict:
-  """A student's parameters, in either layout, in the layout of `starts`: `block{i}` for (),
-  else one scanned stack from each start (`stack_starts`)."""
-  flat = unstack_blocks(params)
-  depth = sum(1 for k in flat if is_block_name(k))
-  return stack_blocks(flat, depth, starts) if starts else flat
 
 
 def _add_bias(a: Optional[jax.Array], b: Optional[jax.Array]) -> Optional[jax.Array]:

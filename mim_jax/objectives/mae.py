@@ -43,12 +43,12 @@ import numpy as np
 from mim_jax import allowed
 from mim_jax import config as config_lib
 from mim_jax import masking
+from mim_jax.data.normalization import STUDENT_MEAN, STUDENT_STD
 from mim_jax.models import layers
 from mim_jax.models.decoder import Decoder
 from mim_jax.models.vit import ViT
 from mim_jax.objectives import common
 from mim_jax.objectives import evaluators
-from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
 
 F32 = jnp.float32
 GLOBAL_NORMS = ("none", "global_rgb", "global_patch")

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
+from mim_jax.convert.names import CheckpointError
+
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -42,10 +44,6 @@ GENERIC_FIELDS: frozenset[str] = frozenset("""
     id2label label2id tokenizer_class prefix bos_token_id pad_token_id eos_token_id sep_token_id
     decoder_start_token_id task_specific_params problem_type
 """.split())
-
-
-class CheckpointError(ValueError):
-  """A checkpoint (config or weights) that a converter does not handle."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,13 +187,21 @@ def square_value(value: Any) -> int:
   return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
 
 
-def put_unique(out: dict[str, np.ndarray], name: str, key: str, value: np.ndarray,
-               kind: str) -> None:
-  """out[name] = value, refusing a second file key that maps to the same canonical name."""
-  if name in out:
-    raise CheckpointError(f"{kind} checkpoint: weight {key!r} duplicates another name for "
-                          f"{name!r}.")
-  out[name] = value
+def encoder_fields(activations: Iterable[str]) -> dict[str, Check]:
+  """The config fields of a ViT-like vision encoder (transformers ViT, CLIP's vision tower) with
+  their checks; `activations`: the `hidden_act` values the converter maps."""
+  return {
+      "hidden_size": positive_int,
+      "num_hidden_layers": positive_int,
+      "num_attention_heads": positive_int,
+      "intermediate_size": positive_int,
+      "hidden_act": one_of(*activations),
+      "layer_norm_eps": positive_float,
+      "image_size": square_size,
+      "patch_size": square_size,
+      "num_channels": one_of(3),
+      "pruned_heads": lambda v: None if not v else "pruned attention heads are not handled",
+  }
 
 
 def checked_geometry(config: Mapping[str, Any], kind: str, default_patch: int
@@ -243,44 +249,3 @@ def _some(names: Iterable[str], limit: int = 12) -> str:
   names = list(names)
   head = ", ".join(repr(n) for n in names[:limit])
   return f"[{head}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"
-
-
-# --------------------------------------------------------------------------------------------
-# Layout changes from torch modules to the shared layers (mim_jax.models.layers).
-# --------------------------------------------------------------------------------------------
-def conv_to_hwio(weight: np.ndarray) -> np.ndarray:
-  """torch Conv2d weight [D, C, p, p] -> PatchEmbed kernel [p, p, C, D]."""
-  return np.transpose(weight, (2, 3, 1, 0))
-
-
-def linear_to_kernel(weight: np.ndarray) -> np.ndarray:
-  """torch Linear weight [out, in] -> Dense kernel [in, out]."""
-  return np.transpose(weight)
-
-
-def fused_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int) -> np.ndarray:
-  """Three torch Linear weights [H*Dh, D] -> Attention qkv_kernel [D, 3, H, Dh]."""
-  d = q.shape[1]
-  return np.stack([w.T.reshape(d, heads, -1) for w in (q, k, v)], axis=1)
-
-
-def fused_qkv_bias(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int) -> np.ndarray:
-  """Three torch Linear biases [H*Dh] -> Attention qkv_bias [3, H, Dh]."""
-  return np.stack([b.reshape(heads, -1) for b in (q, k, v)], axis=0)
-
-
-def out_kernel(weight: np.ndarray, heads: int) -> np.ndarray:
-  """torch Linear weight [D, H*Dh] -> Attention out_kernel [H, Dh, D]."""
-  return weight.T.reshape(heads, -1, weight.shape[0])
-
-
-def layer_norm(weights: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-  return {"scale": weights[prefix + ".weight"], "bias": weights[prefix + ".bias"]}
-
-
-def dense(weights: Mapping[str, np.ndarray], prefix: str, bias: bool = True
-          ) -> dict[str, np.ndarray]:
-  out = {"kernel": linear_to_kernel(weights[prefix + ".weight"])}
-  if bias:
-    out["bias"] = weights[prefix + ".bias"]
-  return out

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mim_jax.convert import layout
+from mim_jax.convert import names
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers.network import Arch
 
@@ -23,17 +25,8 @@ FULL_ARCHITECTURES = {"CLIPModel": True}
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 VISION_HANDLED: dict[str, io.Check] = {
-    "hidden_size": io.positive_int,
-    "intermediate_size": io.positive_int,
-    "num_hidden_layers": io.positive_int,
-    "num_attention_heads": io.positive_int,
+    **io.encoder_fields(ACTIVATIONS),
     "projection_dim": io.positive_int,
-    "num_channels": io.one_of(3),
-    "image_size": io.square_size,
-    "patch_size": io.square_size,
-    "hidden_act": io.one_of(*ACTIVATIONS),
-    "layer_norm_eps": io.positive_float,
-    "pruned_heads": lambda v: None if not v else "pruned attention heads are not handled",
 }
 VISION_IGNORED = {
     "attention_dropout": "dropout is off in a frozen teacher",
@@ -53,8 +46,6 @@ FULL_IGNORED = {
     "initializer_factor": "initialisation only",
 }
 _IGNORED_PREFIXES = ("text_model.", "text_projection.", "logit_scale")
-# transformers 4 wrote the position_ids buffer into some checkpoints; it is arange(1 + N).
-_POSITION_IDS = "embeddings.position_ids"
 
 
 def vision_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], int, bool]:
@@ -105,20 +96,6 @@ def arch_without_weights(config: Mapping[str, Any]) -> Arch:
   return arch_from_config(vision, proj_dim if has_proj else 0)
 
 
-def canonical_names(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Strips `vision_model.`; drops the position_ids buffer after checking it is the identity."""
-  out: dict[str, np.ndarray] = {}
-  for key, value in weights.items():
-    name = key[len("vision_model."):] if key.startswith("vision_model.") else key
-    if name == _POSITION_IDS:
-      if not np.array_equal(np.ravel(value), np.arange(np.size(value))):
-        raise io.CheckpointError(f"CLIP checkpoint: {key!r} is not arange(N): positions are "
-                                 "permuted, which is not handled.")
-      continue
-    io.put_unique(out, name, key, value, "CLIP")
-  return out
-
-
 def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
   d, m = arch.width, arch.mlp_dim
   out = {
@@ -129,16 +106,7 @@ def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
       "post_layernorm.weight": (d,), "post_layernorm.bias": (d,),
   }
   for i in range(arch.depth):
-    p = f"encoder.layers.{i}."
-    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-      out[f"{p}self_attn.{name}.weight"] = (d, d)
-      out[f"{p}self_attn.{name}.bias"] = (d,)
-    out.update({
-        f"{p}layer_norm1.weight": (d,), f"{p}layer_norm1.bias": (d,),
-        f"{p}layer_norm2.weight": (d,), f"{p}layer_norm2.bias": (d,),
-        f"{p}mlp.fc1.weight": (m, d), f"{p}mlp.fc1.bias": (m,),
-        f"{p}mlp.fc2.weight": (d, m), f"{p}mlp.fc2.bias": (d,),
-    })
+    out.update(names.block_shapes(names.CLIP.at(i), d, m))
   if arch.proj_dim:
     out["visual_projection.weight"] = (arch.proj_dim, d)
   return out
@@ -148,36 +116,21 @@ def convert(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
             ) -> tuple[Arch, dict[str, Any]]:
   """(config.json dict, file tensors) -> (Arch, TeacherNet params as float32 numpy arrays)."""
   vision, proj_dim, has_proj = vision_config(config)
-  w = canonical_names(weights)
+  w = names.canonical_clip(weights)
   if has_proj is None:  # no architecture named: the weights decide
     has_proj = "visual_projection.weight" in w
   arch = arch_from_config(vision, proj_dim if has_proj else 0)
   io.match_weights(w, expected_shapes(arch), lambda k: k.startswith(_IGNORED_PREFIXES),
                    "CLIP checkpoint")
   params: dict[str, Any] = {
-      "patch_embed": {"kernel": io.conv_to_hwio(w["embeddings.patch_embedding.weight"])},
+      "patch_embed": {"kernel": layout.conv_to_hwio(w["embeddings.patch_embedding.weight"])},
       "cls": w["embeddings.class_embedding"].reshape(1, 1, -1),
       "pos_embedding": w["embeddings.position_embedding.weight"],
-      "pre_norm": io.layer_norm(w, "pre_layrnorm"),
-      "norm": io.layer_norm(w, "post_layernorm"),
+      "pre_norm": layout.layer_norm(w, "pre_layrnorm"),
+      "norm": layout.layer_norm(w, "post_layernorm"),
   }
   for i in range(arch.depth):
-    params[f"block{i}"] = _block(w, f"encoder.layers.{i}.", arch.num_heads)
+    params[f"block{i}"] = names.block_from_torch(w, names.CLIP.at(i), arch.num_heads)
   if arch.proj_dim:
-    params["proj"] = io.dense(w, "visual_projection", bias=False)
+    params["proj"] = layout.dense(w, "visual_projection", bias=False)
   return arch, params
-
-
-def _block(w: Mapping[str, np.ndarray], p: str, heads: int) -> dict[str, Any]:
-  q, k, v = (f"{p}self_attn.{n}_proj" for n in "qkv")
-  return {
-      "ln1": io.layer_norm(w, f"{p}layer_norm1"),
-      "attn": {"qkv_kernel": io.fused_qkv(w[q + ".weight"], w[k + ".weight"], w[v + ".weight"],
-                                          heads),
-               "qkv_bias": io.fused_qkv_bias(w[q + ".bias"], w[k + ".bias"], w[v + ".bias"],
-                                             heads),
-               "out_kernel": io.out_kernel(w[f"{p}self_attn.out_proj.weight"], heads),
-               "out_bias": w[f"{p}self_attn.out_proj.bias"]},
-      "ln2": io.layer_norm(w, f"{p}layer_norm2"),
-      "mlp": {"fc1": io.dense(w, f"{p}mlp.fc1"), "fc2": io.dense(w, f"{p}mlp.fc2")},
-  }

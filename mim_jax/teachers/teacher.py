@@ -15,16 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax.teachers import resize
+from mim_jax.convert import resize
+from mim_jax.data.normalization import CLIP_MEAN, CLIP_STD, STUDENT_MEAN, STUDENT_STD
 from mim_jax.teachers.network import Arch, TeacherNet, param_shapes
-
-# The student's input normalisation (ImageNet statistics); every teacher input arrives in it.
-STUDENT_MEAN = (0.485, 0.456, 0.406)
-STUDENT_STD = (0.229, 0.224, 0.225)
 
 # Default normalisation of each kind when the checkpoint has no preprocessor_config.json.
 DEFAULT_MEAN_STD = {
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "clip": (CLIP_MEAN, CLIP_STD),
     "vit": (STUDENT_MEAN, STUDENT_STD),
 }
 
@@ -131,7 +128,8 @@ class Teacher:
     if isinstance(pos, jax.ShapeDtypeStruct):  # an abstract teacher (`zoo.load(abstract=True)`)
       new_pos = jax.ShapeDtypeStruct(param_shapes(arch)["pos_embedding"].shape, pos.dtype)
     else:
-      resized = resize.resize_pos_embedding(np.asarray(pos).astype(np.float32), self.grid, grid)
+      resized = resize.resize_pos_embedding(np.asarray(pos, np.float32),
+                                            (1 + grid * grid, pos.shape[-1]))
       new_pos = jnp.asarray(resized, pos.dtype)
     return dataclasses.replace(self, arch=arch, params={**self.params, "pos_embedding": new_pos})
 

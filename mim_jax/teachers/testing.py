@@ -5,7 +5,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
+from mim_jax.data.normalization import STUDENT_MEAN, STUDENT_STD
 
 
 def student_images(batch: int, size: int, seed: int = 0) -> np.ndarray:

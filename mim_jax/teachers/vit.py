@@ -7,11 +7,12 @@ pooler and a classification head are ignored: a teacher's outputs never use them
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 import numpy as np
 
+from mim_jax.convert import layout
+from mim_jax.convert import names
 from mim_jax.teachers import checkpoint_io as io
 from mim_jax.teachers.network import Arch
 
@@ -22,18 +23,9 @@ ARCHITECTURES = ("ViTModel", "ViTForImageClassification")
 ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu"}
 
 HANDLED: dict[str, io.Check] = {
-    "hidden_size": io.positive_int,
-    "num_hidden_layers": io.positive_int,
-    "num_attention_heads": io.positive_int,
-    "intermediate_size": io.positive_int,
-    "hidden_act": io.one_of(*ACTIVATIONS),
-    "layer_norm_eps": io.positive_float,
-    "image_size": io.square_size,
-    "patch_size": io.square_size,
-    "num_channels": io.one_of(3),
+    **io.encoder_fields(ACTIVATIONS),
     "qkv_bias": io.one_of(True, False),
     "head_dim": io.positive_int,  # checked against hidden_size / heads in `arch_from_config`
-    "pruned_heads": lambda v: None if not v else "pruned attention heads are not handled",
 }
 IGNORED = {
     "hidden_dropout_prob": "dropout is off in a frozen teacher",
@@ -44,16 +36,6 @@ IGNORED = {
     "pooler_act": "the pooler is not used",
 }
 
-# In-memory names of transformers 5 -> the names save_pretrained writes.
-_MEMORY_TO_FILE = [
-    (r"^layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
-    (r"^layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key."),
-    (r"^layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value."),
-    (r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense."),
-    (r"^layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
-    (r"^layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
-    (r"^layers\.(\d+)\.(layernorm_before|layernorm_after)\.", r"encoder.layer.\1.\2."),
-]
 _IGNORED_PREFIXES = ("pooler.", "classifier.")
 
 
@@ -84,17 +66,6 @@ def arch_from_config(config: Mapping[str, Any]) -> Arch:
               qkv_bias=config.get("qkv_bias", True), patch_bias=True, pre_norm=False, proj_dim=0)
 
 
-def canonical_names(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Strips the `vit.` prefix and maps in-memory names to file names."""
-  out: dict[str, np.ndarray] = {}
-  for key, value in weights.items():
-    name = key[len("vit."):] if key.startswith("vit.") else key
-    for pattern, repl in _MEMORY_TO_FILE:
-      name = re.sub(pattern, repl, name)
-    io.put_unique(out, name, key, value, "ViT")
-  return out
-
-
 def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
   """File name -> shape of every weight a ViTModel of this shape has (pooler excluded)."""
   d, m = arch.width, arch.mlp_dim
@@ -106,18 +77,7 @@ def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
       "layernorm.weight": (d,), "layernorm.bias": (d,),
   }
   for i in range(arch.depth):
-    p = f"encoder.layer.{i}."
-    for name in ("query", "key", "value"):
-      out[f"{p}attention.attention.{name}.weight"] = (d, d)
-      if arch.qkv_bias:
-        out[f"{p}attention.attention.{name}.bias"] = (d,)
-    out.update({
-        f"{p}attention.output.dense.weight": (d, d), f"{p}attention.output.dense.bias": (d,),
-        f"{p}layernorm_before.weight": (d,), f"{p}layernorm_before.bias": (d,),
-        f"{p}layernorm_after.weight": (d,), f"{p}layernorm_after.bias": (d,),
-        f"{p}intermediate.dense.weight": (m, d), f"{p}intermediate.dense.bias": (m,),
-        f"{p}output.dense.weight": (d, m), f"{p}output.dense.bias": (d,),
-    })
+    out.update(names.block_shapes(names.VIT.at(i), d, m, arch.qkv_bias))
   return out
 
 
@@ -125,30 +85,18 @@ def convert(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
             ) -> tuple[Arch, dict[str, Any]]:
   """(config.json dict, file tensors) -> (Arch, TeacherNet params as float32 numpy arrays)."""
   arch = arch_from_config(config)
-  w = canonical_names(weights)
+  w = names.canonical_vit(weights)
   io.match_weights(w, expected_shapes(arch), lambda k: k.startswith(_IGNORED_PREFIXES),
                    "ViT checkpoint")
   params: dict[str, Any] = {
-      "patch_embed": {"kernel": io.conv_to_hwio(w["embeddings.patch_embeddings.projection.weight"]),
-                      "bias": w["embeddings.patch_embeddings.projection.bias"]},
+      "patch_embed": {
+          "kernel": layout.conv_to_hwio(w["embeddings.patch_embeddings.projection.weight"]),
+          "bias": w["embeddings.patch_embeddings.projection.bias"]},
       "cls": w["embeddings.cls_token"],
       "pos_embedding": w["embeddings.position_embeddings"][0],
-      "norm": io.layer_norm(w, "layernorm"),
+      "norm": layout.layer_norm(w, "layernorm"),
   }
   for i in range(arch.depth):
-    params[f"block{i}"] = _block(w, f"encoder.layer.{i}.", arch)
+    params[f"block{i}"] = names.block_from_torch(w, names.VIT.at(i), arch.num_heads,
+                                                 arch.qkv_bias)
   return arch, params
-
-
-def _block(w: Mapping[str, np.ndarray], p: str, arch: Arch) -> dict[str, Any]:
-  h = arch.num_heads
-  q, k, v = (f"{p}attention.attention.{n}" for n in ("query", "key", "value"))
-  attn = {"qkv_kernel": io.fused_qkv(w[q + ".weight"], w[k + ".weight"], w[v + ".weight"], h),
-          "out_kernel": io.out_kernel(w[f"{p}attention.output.dense.weight"], h),
-          "out_bias": w[f"{p}attention.output.dense.bias"]}
-  if arch.qkv_bias:
-    attn["qkv_bias"] = io.fused_qkv_bias(w[q + ".bias"], w[k + ".bias"], w[v + ".bias"], h)
-  return {"ln1": io.layer_norm(w, f"{p}layernorm_before"), "attn": attn,
-          "ln2": io.layer_norm(w, f"{p}layernorm_after"),
-          "mlp": {"fc1": io.dense(w, f"{p}intermediate.dense"),
-                  "fc2": io.dense(w, f"{p}output.dense")}}

@@ -27,8 +27,8 @@ import numpy as np
 
 from mim_jax import config as config_lib
 from mim_jax import sharding
+from mim_jax.data.normalization import STUDENT_MEAN, STUDENT_STD
 from mim_jax.models import layers
-from mim_jax.teachers.teacher import STUDENT_MEAN, STUDENT_STD
 from mim_jax.tools import config_file
 
 

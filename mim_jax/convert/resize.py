@@ -1,7 +1,8 @@
 """Bicubic resizing that equals torch's `F.interpolate(mode="bicubic", align_corners=False)`.
 
-Used for the teachers' position embeddings (as transformers' `interpolate_pos_encoding` does) and
-for their input images, so one kernel serves both and both can be tested against torch.
+Used for position embeddings on another grid (a teacher matched to the student's grid, as
+transformers' `interpolate_pos_encoding` does it; an `init_from` source of another resolution) and
+for the teachers' input images, so one kernel serves both and both can be tested against torch.
 
 The kernel is Keys' cubic convolution with a = -0.75 (torch's and OpenCV's choice; jax.image.resize
 and PIL use a = -0.5), sampled at source coordinate (dst + 0.5) * in / out - 0.5, taps clamped to
@@ -58,12 +59,22 @@ def resize_grid_np(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.einsum("oh,hwc,pw->opc", mh, x.astype(np.float64), mw).astype(np.float32)
 
 
-def resize_pos_embedding(pos: np.ndarray, grid: int, new_grid: int) -> np.ndarray:
-  """pos [1 + grid*grid, D] (CLS row first) -> [1 + new_grid**2, D]; the CLS row is kept."""
-  cls, patches = pos[:1], pos[1:]
-  d = pos.shape[-1]
-  patches = resize_grid_np(np.asarray(patches).reshape(grid, grid, d), (new_grid, new_grid))
-  return np.concatenate([np.asarray(cls, np.float32), patches.reshape(-1, d)], axis=0)
+def resize_pos_embedding(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """A position embedding [(1,) extra + n*n, D] on another square grid: [(1,) extra + m*m, D]
+  (`shape`), bicubic on the grid; the extra (CLS) row, where there is one, is kept. ValueError
+  when the widths differ or the tokens are no square grid (with or without a CLS row)."""
+  if value.shape[-1] != shape[-1]:
+    raise ValueError(f"position embedding has shape {value.shape}, the student needs "
+                     f"{tuple(shape)}; use a source with the student's width.")
+  n_src, n_dst = value.shape[-2], shape[-2]
+  rows = value.reshape(n_src, value.shape[-1])
+  for extra in (1, 0):
+    gs, gd = int(round((n_src - extra) ** 0.5)), int(round((n_dst - extra) ** 0.5))
+    if gs * gs == n_src - extra and gd * gd == n_dst - extra:
+      grid = rows[extra:].reshape(gs, gs, -1)
+      out = resize_grid_np(grid, (gd, gd)).reshape(gd * gd, -1)
+      return np.concatenate([rows[:extra], out], 0).reshape(shape).astype(value.dtype)
+  raise ValueError(f"position embedding of {n_src} tokens cannot be resized to {n_dst}.")
 
 
 def resize_images(images: jax.Array, size: tuple[int, int]) -> jax.Array:
