@@ -169,6 +169,7 @@ def test_known_name_missing_from_cache_says_how_to_place_it(hf_home, name, repo_
   message = str(err.value)
   assert f"huggingface-cli download {repo_id}" in message
   assert str(hf_home / "hub") in message and "model.safetensors" in message
+  assert "\n" not in message  # one error line
 
 
 def test_known_name_resolves_through_the_cache(hf_home, vit_dir):

@@ -160,13 +160,12 @@ def _how_to_place(spec: str, repo_id: str, found: Optional[str]) -> str:
            if found else f"it is not in the local Hugging Face cache {cache!r}")
   return (
       f"Teacher {spec!r} ({repo_id}): {state}, and this code never downloads. Place the weights "
-      f"on a machine with network access, into the same cache (HF_HOME or HF_HUB_CACHE):\n"
-      f"  HF_HUB_CACHE={cache} huggingface-cli download {repo_id} "
-      f"config.json {io.SAFETENSORS_FILE} {io.PREPROCESSOR_FILE}\n"
-      f"  (newer huggingface_hub: `hf download {repo_id} ...` with the same arguments)\n"
-      f"then copy the cache directory {cache}/models--{repo_id.replace('/', '--')} here; or "
-      f"load a plain directory holding {io.CONFIG_FILE} and {io.SAFETENSORS_FILE}: "
-      f"mim_jax.teachers.load('/path/to/dir').")
+      f"on a machine with network access into the same cache (HF_HOME or HF_HUB_CACHE): "
+      f"`HF_HUB_CACHE={cache} huggingface-cli download {repo_id} "
+      f"config.json {io.SAFETENSORS_FILE} {io.PREPROCESSOR_FILE}` (newer huggingface_hub: "
+      f"`hf download {repo_id} ...` with the same arguments), then copy the cache directory "
+      f"{cache}/models--{repo_id.replace('/', '--')} here; or load a plain directory holding "
+      f"{io.CONFIG_FILE} and {io.SAFETENSORS_FILE}: mim_jax.teachers.load('/path/to/dir').")
 
 
 # --------------------------------------------------------------------------------------------
