@@ -34,7 +34,8 @@ def get_config(arg=None):
   c.total_epochs = None
   c.total_steps = arg.steps
   c.warmup_percent = 0.05
-  c.optim.lr, c.optim.base_lr, c.optim.min_lr = 1e-3, None, 1e-5  # short run: a fixed peak lr, no batch scaling
+  # short run: a fixed peak lr, no batch scaling
+  c.optim.lr, c.optim.base_lr, c.optim.min_lr = 1e-3, None, 1e-5
   c.log_every = 25
   c.checkpoint_every = 100
   c.eval.batch_size = 256

@@ -204,7 +204,8 @@ def run_main(args, workdir, cwd=ROOT, prefix=()):
 
 @pytest.mark.parametrize("override,words", [
     ("--config.optim.base_lr=-0.001",
-     "error: --config.optim.base_lr=-0.001 is out of range: optim.base_lr takes a number >= 0, or None."),
+     "error: --config.optim.base_lr=-0.001 is out of range: optim.base_lr takes a number >= 0, "
+     "or None."),
     pytest.param("--config.total_steps=0", "error: --config.total_steps=0 is out of range: "
                  "total_steps takes an integer >= 1, or None.", marks=pytest.mark.slow),
     pytest.param("--config.mask.ratio=1.0", "error: --config.mask.ratio=1.0 is out of range: "
