@@ -20,8 +20,6 @@ def get_config(arg=None):
   c = defaults.base("classify")
   c.student.variant = arg.variant
   c.student.drop_path = 0.1
-  c.teacher.spec = None
-  c.mask.kind, c.mask.ratio = "none", 0.0
   c.objective.num_classes = 10
   c.objective.pool = arg.pool
   c.objective.label_smoothing = 0.1
@@ -34,7 +32,7 @@ def get_config(arg=None):
   c.total_steps = arg.steps
   c.warmup_percent = 0.1
   # From scratch on 1.5k images: a fixed lr (no batch scaling), AdamW(0.9, 0.999).
-  c.optim.lr, c.optim.min_lr = 1e-3, 1e-5
+  c.optim.lr, c.optim.base_lr, c.optim.min_lr = 1e-3, None, 1e-5
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.999, 0.05
   c.log_every = 20
   c.checkpoint_every = 100

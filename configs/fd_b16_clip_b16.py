@@ -26,7 +26,6 @@ def get_config(arg=None):
   c.student.layer_scale = 0.1
   c.student.weight_init = "beit"
   c.teacher.spec = arg.teacher
-  c.mask.kind, c.mask.ratio = "none", 0.0
   c.objective.target_norm = "ln"
   c.objective.loss = "smooth_l1"
   c.objective.beta = 2.0
@@ -40,5 +39,6 @@ def get_config(arg=None):
   c.data.crop_scale = (0.08, 1.0)
   if arg.runlocal:
     defaults.shrink_for_local(c)
-    c.optim.lr = 1.2e-3  # the paper's peak: base_lr * 16 / 256 would sit below min_lr
+    # the paper's peak: base_lr * 16 / 256 would sit below min_lr
+    c.optim.lr, c.optim.base_lr = 1.2e-3, None
   return c

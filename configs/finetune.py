@@ -104,8 +104,6 @@ def get_config(arg=None):
   epochs, warmup, base_lr, layer_decay, drop_path = SCHEDULES[arg.recipe][size]
 
   c = defaults.base("classify")
-  c.teacher.spec = None
-  c.mask.kind, c.mask.ratio = "none", 0.0
   c.objective.num_classes = 1000
   c.objective.pool = "avg"
   c.objective.label_smoothing = 0.1

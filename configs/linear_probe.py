@@ -30,8 +30,6 @@ def get_config(arg=None):
   if arg.recipe not in finetune.RECIPES:
     raise ValueError(f"Unknown recipe {arg.recipe!r}; known: {', '.join(finetune.RECIPES)}.")
   c = defaults.base("linear_probe")
-  c.teacher.spec = None
-  c.mask.kind, c.mask.ratio = "none", 0.0
   c.objective.num_classes = 1000
   c.data.split, c.data.eval_split = "train", "validation"
   c.data.crop_scale = (0.08, 1.0)
@@ -40,8 +38,7 @@ def get_config(arg=None):
   c.total_epochs = 90.0
   c.warmup_percent = None
   c.warmup_epochs = 10.0
-  c.optim.name = "lars"
-  c.optim.momentum = 0.9
+  assert c.optim.name == "lars" and c.optim.momentum == 0.9  # the method's default (defaults.py)
   c.optim.base_lr, c.optim.min_lr, c.optim.weight_decay = BASE_LR.get(arg.recipe, 0.1), 0.0, 0.0
   c.optim.frozen = linear_probe.FROZEN
 

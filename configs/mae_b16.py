@@ -21,7 +21,6 @@ def get_config(arg=None):
   c = defaults.base("mae")
   c.student.variant = arg.variant
   c.student.drop_path = 0.0
-  c.teacher.spec = None
   c.mask.kind, c.mask.ratio = "random", 0.75
   c.objective.norm_pix = True
   c.objective.global_norm = "global_rgb"

@@ -36,6 +36,6 @@ def get_config(arg=None):
   c.objective.global_norm = "global_rgb"
   c.objective.decoder.attn_drop = 0.3
   # Off: the main recipe. The nano runlocal student has 2 blocks: mid tokens enter after the first.
-  c.objective.mid_mask_ratio, c.objective.mid_mask_depth = 0.0, (1 if c.runlocal else 8)
+  c.objective.mid_mask_ratio, c.objective.mid_mask_depth = 0.0, (1 if parsed.runlocal else 8)
   c.data.crop_scale = B_CROP_SCALE if parsed.variant.startswith("B/") else MAE_CROP_SCALE
   return c

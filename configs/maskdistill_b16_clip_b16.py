@@ -47,5 +47,6 @@ def get_config(arg=None):
   c.data.color_jitter = 0.4
   if arg.runlocal:
     defaults.shrink_for_local(c)
-    c.optim.lr = 1.5e-3  # the paper's peak: base_lr * 16 / 256 would sit below min_lr
+    # the paper's peak: base_lr * 16 / 256 would sit below min_lr
+    c.optim.lr, c.optim.base_lr = 1.5e-3, None
   return c

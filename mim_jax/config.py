@@ -178,6 +178,13 @@ def flat_keys(config: Any, prefix: str = ""):
 # ---- keys renamed since a run was written (mim_jax.saved_config reads old runs with it) ----
 # Old dotted key (or block) -> its new name, oldest first. Empty until a key is renamed.
 RENAMED: dict[str, str] = {}
+# Keys that the configs of some methods lost because their runs never read them (no teacher, no
+# masks, a classifier's top-1 instead of kNN, another optimizer's settings; `defaults.base`): an
+# old config.json holding one where today's config lacks it is read without it, since it changed
+# nothing in that run (`mim_jax.saved_config`).
+DROPPED = ("teacher.dtype", "teacher.resize_to_student", "teacher.attention_from", "mask.ratio",
+           "eval.knn_k", "eval.knn_temperature", "optim.b1", "optim.b2", "optim.eps",
+           "optim.momentum", "runlocal")
 
 
 def new_name(key: str, renamed: Mapping[str, str] = RENAMED) -> Optional[str]:

@@ -22,9 +22,15 @@ from mim_jax.evaluation import features
 from mim_jax.models import layers
 from mim_jax.models import vit
 from mim_jax.objectives import common as objective_common
+from mim_jax.objectives import evaluators
 
 
 def base(method: str) -> ml_collections.ConfigDict:
+  """The common keys of `method`'s configs: only those its runs read (a method without a
+  teacher has no teacher settings, one that never masks no mask ratio, one evaluated by top-1
+  no kNN settings, each optimizer its own)."""
+  objective = objectives.get(method)
+  with_teacher = getattr(objective, "TEACHER", True)
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
@@ -60,12 +66,17 @@ def base(method: str) -> ml_collections.ConfigDict:
   # dtype: the teachers' matmul inputs and stored weights, "float32" | "bfloat16", one for all
   # or one per teacher ("float32,bfloat16"); None follows `precision`. attention_from: of
   # several teachers, the index of the one whose attention drives attentive / focused masks.
-  c.teacher = ml_collections.ConfigDict(dict(spec="clip_b16", resize_to_student=True,
-                                             attention_from=0))
-  c.teacher.spec = ml_collections.FieldReference("clip_b16", field_type=str)
-  c.teacher.dtype = ml_collections.FieldReference(None, field_type=str)
-  c.mask = ml_collections.ConfigDict(dict(kind="attentive", ratio=0.7))
-  c.objective = objectives.get(method).default_config()
+  # A teacher-free method keeps `spec` (None; its model refuses one).
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.spec = ml_collections.FieldReference("clip_b16" if with_teacher else None,
+                                                 field_type=str)
+  if with_teacher:
+    c.teacher.resize_to_student, c.teacher.attention_from = True, 0
+    c.teacher.dtype = ml_collections.FieldReference(None, field_type=str)
+  # A method that never masks keeps `kind` ("none"; its model refuses another).
+  c.mask = (ml_collections.ConfigDict(dict(kind="attentive", ratio=0.7))
+            if getattr(objective, "MASKS", True) else ml_collections.ConfigDict(dict(kind="none")))
+  c.objective = objective.default_config()
 
   c.data = input_pipeline.default_config()
   c.data.name = "imagenet2012"
@@ -79,10 +90,12 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.warmup_epochs = ml_collections.FieldReference(None, field_type=float)
   c.warmup_percent = ml_collections.FieldReference(0.1, field_type=float)
 
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1.5e-4, min_lr=1e-5, b1=0.9, b2=0.95, eps=1e-8,
-      weight_decay=0.05, schedule="cosine"))
-  c.optim.lr = ml_collections.FieldReference(None, field_type=float)  # overrides base_lr
+  # The peak learning rate: base_lr * batch_size / 256, or lr as it is when set (a config that
+  # sets lr sets base_lr None; `--config.optim.base_lr` is refused while lr is set).
+  c.optim = ml_collections.ConfigDict(dict(min_lr=1e-5, weight_decay=0.05, schedule="cosine"))
+  c.optim.base_lr = ml_collections.FieldReference(1.5e-4, field_type=float)
+  c.optim.lr = ml_collections.FieldReference(None, field_type=float)
+  use_optimizer(c, "lars" if method == "linear_probe" else "adamw")
   c.optim.clip_norm = ml_collections.FieldReference(None, field_type=float)
   # Gradients as the mean over this many micro-batches of batch_size / accumulate_steps, one at a
   # time inside the step (the same update, with the activations of one micro-batch).
@@ -101,10 +114,28 @@ def base(method: str) -> ml_collections.ConfigDict:
   c.profile = ml_collections.ConfigDict(dict(first_step=10, num_steps=0))
   c.async_checkpoint = True
   # kNN during training; pool: the feature of an image, "cls" token | "mean" of the patch tokens
-  c.eval = ml_collections.ConfigDict(dict(every=0, knn_k=20, knn_temperature=0.07,
-                                          batch_size=256, pool="cls"))
-  c.runlocal = False
+  c.eval = ml_collections.ConfigDict(dict(every=0, batch_size=256, pool="cls"))
+  if objective.evaluate is evaluators.student_knn:  # not a classifier's top-1
+    c.eval.update(knn_k=20, knn_temperature=0.07)
+  if with_teacher:  # its one use: the demo teacher's runlocal checkpoint for teacher.spec "demo"
+    c.runlocal = False
   return c
+
+
+# Each optimizer's own settings (mim_jax/optim.py), with their defaults.
+OPTIMIZER_KEYS = {"adamw": dict(b1=0.9, b2=0.95, eps=1e-8), "lars": dict(momentum=0.9),
+                  "sgd": dict(momentum=0.9)}
+
+
+def use_optimizer(c: ml_collections.ConfigDict, name: str) -> None:
+  """`optim.name` = `name`, with that optimizer's settings (at their defaults) in place of
+  another's."""
+  for other in OPTIMIZER_KEYS.values():
+    for key in other:
+      if key in c.optim:
+        del c.optim[key]
+  c.optim.name = name
+  c.optim.update(OPTIMIZER_KEYS[name])
 
 
 _COUNT = dict(ge=1)  # sizes, counts
@@ -147,7 +178,7 @@ ALLOWED: dict[str, Allowed] = {
     "warmup_epochs": number(ge=0, optional=True).bound(at_most("total_epochs")),
     "warmup_percent": number(**_FRACTION, optional=True),
     "optim.name": one_of(*optim.OPTIMIZERS),
-    "optim.base_lr": number(ge=0),
+    "optim.base_lr": number(ge=0, optional=True),
     "optim.lr": number(ge=0, optional=True),
     "optim.min_lr": number(ge=0),
     "optim.b1": number(ge=0, lt=1),
@@ -194,7 +225,8 @@ def digits_data(c: ml_collections.ConfigDict, image_size: int,
 
 def shrink_for_local(c: ml_collections.ConfigDict) -> None:
   """`runlocal`: the same config at a size that runs in seconds on a laptop CPU."""
-  c.runlocal = True
+  if "runlocal" in c:
+    c.runlocal = True
   c.student.variant = "nano/4"
   digits_data(c, image_size=16, crop_scale=c.data.crop_scale)
   c.batch_size = 16

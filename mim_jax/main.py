@@ -34,17 +34,21 @@ class ConfigError(SystemExit):
 
 
 def check_overrides(argv: list[str]) -> None:
-  """Refuses `--config.a.b=v` when a.b is not a key of the config, naming the closest one."""
+  """Refuses `--config.a.b=v` when a.b is not a key of the config, naming the closest one, or
+  when another key set replaces it."""
   from mim_jax.tools import config_file  # pylint: disable=import-outside-toplevel
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if spec is None and "--config" in argv:
     spec = argv[argv.index("--config") + 1]
-  keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  if not spec or not keys:
+  overrides = dict((a[len("--config."):].split("=", 1) + [""])[:2] for a in argv
+                   if a.startswith("--config."))
+  if not spec or not overrides:
     return
   try:
-    config_file.check_keys(config_file.load(spec), keys, prefix="--config.")
-  except (FileNotFoundError, KeyError) as e:
+    config = config_file.load(spec)
+    config_file.check_keys(config, overrides, prefix="--config.")
+    config_file.check_replaced(config, overrides, prefix="--config.")
+  except (FileNotFoundError, KeyError, ValueError) as e:
     raise ConfigError(f"error: {e.args[0]} ({spec}).") from None
 
 

@@ -33,9 +33,13 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 
 def peak_lr(optim: ml_collections.ConfigDict, global_batch: int) -> float:
-  if optim.get("lr") is not None:
-    return float(optim.lr)
-  return float(optim.base_lr) * global_batch / 256
+  """`optim.lr` when set, else `optim.base_lr` scaled by the batch (a command line that sets
+  base_lr while lr is set is refused: `mim_jax.tools.config_file.check_replaced`)."""
+  lr, base_lr = optim.get("lr"), optim.get("base_lr")
+  if lr is None and base_lr is None:
+    raise ValueError("optim.lr and optim.base_lr are both None: set one (the peak learning "
+                     "rate, or its value at batch 256).")
+  return float(lr) if lr is not None else float(base_lr) * global_batch / 256
 
 
 def make_schedule(optim: ml_collections.ConfigDict, *, total_steps: int, warmup_steps: int,

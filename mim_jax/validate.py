@@ -100,6 +100,18 @@ def check_data_dir(data: Mapping[str, Any]) -> None:
                        "there")
 
 
+def check_optimizer(values: Mapping[str, Any]) -> None:
+  """The optimizer's own settings are in the config (`defaults.use_optimizer` puts them there);
+  a config built for another has the other's."""
+  optim = values.get("optim", {})
+  name = optim.get("name")
+  missing = [f"optim.{k}" for k in defaults.OPTIMIZER_KEYS.get(name, ()) if k not in optim]
+  if missing:
+    raise ValueError(f"optim.name={name!r} reads {', '.join(missing)}, which this config (built "
+                     f"for another optimizer) does not have: keep its optim.name, or build the "
+                     f"config with defaults.use_optimizer(c, {name!r}).")
+
+
 def check_batches(config: ml_collections.ConfigDict) -> None:
   """Train (and kNN eval) batches split evenly over the mesh's batch shards and the hosts."""
   try:
@@ -204,6 +216,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> None:
   check_workdir(workdir)
   check_data_dir(values.get("data", {}))
   check_teachers(config)
+  check_optimizer(values)
   check_batches(config)
   input_pipeline.augment_kwargs(config.get("augment"))  # a bad RandAugment spec or probability
   note_changes(config, workdir)

@@ -154,12 +154,13 @@ def runlocal_run(tmp_path_factory):
     if name not in runs:
       c = importlib.import_module(f"configs.{name}").get_config("runlocal=True")
       c.total_steps, c.warmup_steps, c.warmup_percent = 16, 0, None
-      c.optim.lr, c.optim.schedule = 2e-3, "constant"
+      c.optim.lr, c.optim.base_lr, c.optim.schedule = 2e-3, None, "constant"
       c.log_every, c.checkpoint_every, c.eval.every = 1, 16, 16
       workdir = tmp_path_factory.mktemp(f"runlocal_{name}")
       with mock.patch.dict(os.environ, MIM_JAX_CACHE=cache_dir):
-        c = demo.resolve_teachers(c)  # as main does: the loop sees the teacher's directory
         c, reads = config_reads.recorded(c)
+        c = demo.resolve_teachers(c)  # as main does (its reads count): the loop sees the
+        # teacher's directory
         with config_reads.validation_unrecorded():
           result = train.train_and_evaluate(c, str(workdir))
       with open(workdir / "metrics.jsonl") as f:

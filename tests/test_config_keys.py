@@ -8,7 +8,8 @@ evaluation, checkpoints), and its full-size form while its step is lowered for 8
 (`aot.lower_step`: abstract teachers, no weights, no data), which reads the keys whose use
 depends on full-size values. A key counts as read when either run reads it, or, for a key that
 only matters in a situation neither run creates (SITUATIONS), when the full-size step lowered in
-that situation reads it.
+that situation reads it. Every key is read: a key a config's runs never read is not in it
+(`mim_jax.defaults.base`), and of two ways to give one value only one may be set.
 """
 from __future__ import annotations
 
@@ -26,29 +27,14 @@ from tests import config_reads
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if not os.path.basename(p).startswith(("_", "common")))
-# Keys no code reads today, found by this test (the name search it replaced passed them all).
-# Each is a switch a user can set that changes nothing; the config-value checks of issue 24
-# (refuse a value the run would ignore, or drop the key) are to take them away. Once a key is
-# read, the test fails until it leaves this table.
-_NO_TEACHER = {"teacher.dtype", "teacher.resize_to_student",  # no teacher is loaded
-               "runlocal"}  # read only to pick the demo teacher's runlocal checkpoint
-_CLASSIFIER = {"eval.knn_k", "eval.knn_temperature",  # evaluated by top-1, not kNN
-               "mask.ratio"}  # mask.kind is "none"
-PENDING: dict[str, set[str]] = {
-    "classify_digits": _NO_TEACHER | _CLASSIFIER | {"optim.base_lr"},  # optim.lr is set
-    "demo": {"optim.base_lr"},  # optim.lr is set
-    "fd_b16_clip_b16": {"mask.ratio"},  # mask.kind is "none"
-    "finetune": _NO_TEACHER | _CLASSIFIER,
-    "finetune_b16": _NO_TEACHER | _CLASSIFIER,
-    "linear_probe": _NO_TEACHER | _CLASSIFIER | {"optim.b1", "optim.b2", "optim.eps"},  # LARS
-    "mae_b16": _NO_TEACHER,
-    "mae_robust_b16": _NO_TEACHER,
-}
 # Keys read only in a situation the config's own values do not create: the overrides of the full
-# config that create it. The key must be read when its step is lowered in that situation.
-SITUATIONS: dict[str, dict[str, object]] = {
+# config that create it and the number of CPU devices its step is lowered for (both runs use 8).
+# The key must be read when its step is lowered in that situation.
+SITUATIONS: dict[str, tuple[dict[str, object], int]] = {
     # read when the teacher's patch grid differs from the student's (CLIP-L/14 under a /16)
-    "teacher.resize_to_student": {"teacher.spec": "clip_l14"},
+    "teacher.resize_to_student": ({"teacher.spec": "clip_l14"}, 8),
+    # read when the step is compiled for one CPU device (`mim_jax.models.platforms.select`)
+    "cpu_matmul_layout": ({}, 1),
 }
 
 
@@ -56,9 +42,10 @@ def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return importlib.import_module(f"configs.{name}").get_config(arg)
 
 
-def keys_read_by_lowering_the_full_step(name: str, **overrides) -> set[str]:
-  """The full-size step lowered with abstract teachers; the demo's teacher (trained on first use)
-  stands in by its runlocal checkpoint, of another size: only its shapes are read."""
+def keys_read_by_lowering_the_full_step(name: str, devices: int = 8, **overrides) -> set[str]:
+  """The full-size step lowered for `devices` CPU devices with abstract teachers; the demo's
+  teacher (trained on first use) stands in by its runlocal checkpoint, of another size: only its
+  shapes are read."""
   config = load(name)
   specs = config_lib.teacher_specs(config.teacher.spec)
   if "demo" in specs:
@@ -68,7 +55,7 @@ def keys_read_by_lowering_the_full_step(name: str, **overrides) -> set[str]:
     parent, _, leaf = key.rpartition(".")
     (config[parent] if parent else config)[leaf] = value
   config, reads = config_reads.recorded(config)
-  aot.lower_step(config, aot.cpu_devices(8))
+  aot.lower_step(config, aot.cpu_devices(devices))
   return reads.keys
 
 
@@ -97,9 +84,10 @@ def test_every_config_key_is_read(name, runlocal_run, monkeypatch):
   read = set(runlocal_run(name).reads)
   monkeypatch.setenv("MIM_JAX_CACHE", runlocal_run.cache_dir)
   read |= keys_read_by_lowering_the_full_step(name)
-  pending = PENDING.get(name, set())
-  for key in sorted(keys - read - pending):
-    if key in SITUATIONS and key in keys_read_by_lowering_the_full_step(name, **SITUATIONS[key]):
-      read.add(key)
+  for key in sorted(keys - read):
+    if key in SITUATIONS:
+      overrides, devices = SITUATIONS[key]
+      if key in keys_read_by_lowering_the_full_step(name, devices, **overrides):
+        read.add(key)
   unread = sorted(keys - read)
-  assert unread == sorted(pending), f"{name}: keys no code reads: {unread}"
+  assert unread == [], f"{name}: keys no code reads: {unread}"

@@ -199,3 +199,15 @@ def test_the_analysis_runs(old):
   assert report["step"] == 4 and report["method"] == "maskalign"
   assert {"student", "teacher"} <= set(report["measures"])
   assert os.path.isfile(old / "maskalign" / "analysis" / "analysis.json")
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=IDS)
+def test_keys_a_run_ignored_are_dropped_only_where_today_lacks_them(fixture):
+  """The fine-tune's config.json holds teacher, mask-ratio and kNN settings its run never read
+  (today's classify configs lack them): read without them; the pretraining keeps its own."""
+  ft = config_lib.flatten(saved_config.read(os.path.join(fixture, "finetune")))
+  pre = config_lib.flatten(saved_config.read(os.path.join(fixture, "maskalign")))
+  for key in ("teacher.dtype", "teacher.resize_to_student", "mask.ratio", "eval.knn_k",
+              "runlocal"):
+    assert key not in ft and key in pre, key
+  assert ft["optim.b1"] == 0.9 and ft["optim.layer_decay"] == 0.6

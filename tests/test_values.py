@@ -10,12 +10,14 @@ import shutil
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from mim_jax import defaults
-from mim_jax import allowed, objectives, saved_config, validate
+from mim_jax import allowed, objectives, optim, saved_config, validate
 from mim_jax import config as config_lib
 from mim_jax.data import digits, input_pipeline
+from mim_jax.tools import config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs",
@@ -135,6 +137,34 @@ def test_a_mask_ratio_must_leave_a_patch_visible(kind):
   validate.check_values(set_key(set_key(config, "mask.kind", "none"), "mask.ratio", 1.0))  # no masking
 
 
+def test_lr_replaces_base_lr_and_an_ignored_base_lr_is_refused(tmp_path):
+  """optim.lr replaces the batch-scaled optim.base_lr: a config that sets lr leaves base_lr None,
+  and --config.optim.base_lr while lr is set (by the config or the command line) is refused."""
+  maskalign = CONFIGS[MASKALIGN_LOCAL]  # base_lr 1.5e-4, lr None
+  assert optim.peak_lr(ml_collections.ConfigDict(maskalign["optim"]), 512) == 1.5e-4 * 2
+  both = set_key(maskalign, "optim.lr", 1e-3)
+  assert optim.peak_lr(ml_collections.ConfigDict(both["optim"]), 512) == 1e-3
+  with pytest.raises(ValueError, match="optim.lr and optim.base_lr are both None"):
+    optim.peak_lr(ml_collections.ConfigDict(set_key(maskalign, "optim.base_lr", None)["optim"]), 8)
+  for name, config in CONFIGS.items():
+    if config["optim"]["lr"] is not None:
+      assert config["optim"]["base_lr"] is None, name
+  demo = config_file.load("configs/demo.py:runlocal=True")  # lr 1e-3
+  with pytest.raises(ValueError, match=r"^--config.optim.base_lr=0.01 would not be used: "
+                                       r"optim.lr=0.001 replaces it; set --config.optim.lr"):
+    config_file.check_replaced(demo, {"optim.base_lr": "0.01"}, prefix="--config.")
+  config_file.check_replaced(demo, {"optim.lr": "0.01"})
+  maskalign = config_file.load("configs/maskalign_b16_clip_b16.py:runlocal=True")
+  config_file.check_replaced(maskalign, {"optim.base_lr": "0.01"})
+  with pytest.raises(ValueError, match="optim.lr=0.1 replaces it"):
+    config_file.check_replaced(maskalign, {"optim.base_lr": "0.01", "optim.lr": "0.1"})
+  r, errors = run_main(["--config", "configs/demo.py:runlocal=True",
+                        "--config.optim.base_lr=0.01"], tmp_path / "run")
+  assert r.returncode == 1 and len(errors) == 1, r.stderr[-2000:]
+  assert errors[0].startswith("error: --config.optim.base_lr=0.01 would not be used")
+  assert not (tmp_path / "run").exists()
+
+
 def test_image_size_must_be_whole_patches():
   config = CONFIGS[MASKALIGN_LOCAL]
   with pytest.raises(ValueError, match=r"data.image_size=18 .* multiple of the student's patch 4"):
@@ -174,7 +204,8 @@ def run_main(args, workdir, cwd=ROOT, prefix=()):
 
 @pytest.mark.parametrize("override,words", [
     ("--config.optim.base_lr=-0.001",
-     "error: --config.optim.base_lr=-0.001 is out of range: optim.base_lr takes a number >= 0."),
+     "error: --config.optim.base_lr=-0.001 is out of range: optim.base_lr takes a number >= 0, "
+     "or None."),
     pytest.param("--config.total_steps=0", "error: --config.total_steps=0 is out of range: "
                  "total_steps takes an integer >= 1, or None.", marks=pytest.mark.slow),
     pytest.param("--config.mask.ratio=1.0", "error: --config.mask.ratio=1.0 is out of range: "

@@ -9,7 +9,9 @@ Each module defines
       `evaluators` (kNN of the student's features for pretraining, a classifier's top-1/top-5)
   prepare_state(setup, state) -> state         # once, on a fresh state before the first step
       (after init_from): `common.keep_state` unless the method measures something there
-and may set SEVERAL_TEACHERS = True (`teacher.spec` may list teachers it mimics jointly).
+and may set SEVERAL_TEACHERS = True (`teacher.spec` may list teachers it mimics jointly),
+TEACHER = False (it takes no teacher) or MASKS = False (its student sees every patch): its
+configs then have no keys for what it does not do (`mim_jax.defaults.base`).
 The train step and the loop are the same for all of them; `get` refuses a module that lacks a
 name of this contract. `teacher_settings(config)`: the (spec, dtype) of each teacher a run of the
 method takes, checked against SEVERAL_TEACHERS.

@@ -134,12 +134,14 @@ def head_params(params: Mapping[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in params.items() if k != "student"}
 
 
+TEACHER = False  # supervised: labels, no teacher
+MASKS = False  # every patch
+
+
 def make_model(config: ml_collections.ConfigDict, teacher: Optional[Any]) -> Classifier:
   if teacher is not None or config.teacher.get("spec"):
     raise ValueError("method 'classify' trains without a teacher: set config.teacher.spec=None.")
-  if config.mask.kind != "none":
-    raise ValueError(f"method 'classify' sees every patch: set config.mask.kind='none', got "
-                     f"{config.mask.kind!r}.")
+  common.check_unmasked(config)
   obj = config.objective
   if obj.pool not in POOLS:
     raise ValueError(f"Unknown pool {obj.pool!r}: use one of {POOLS}.")

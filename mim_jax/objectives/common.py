@@ -44,6 +44,14 @@ def teacher_dtype(config: ml_collections.ConfigDict, index: int = 0) -> str:
   return name
 
 
+def check_unmasked(config: ml_collections.ConfigDict) -> None:
+  """A method that never masks (`MASKS = False`) refuses a mask kind: masks it would make and
+  drop are a switch that does nothing."""
+  if config.mask.kind != "none":
+    raise ValueError(f"method {config.method!r} sees every patch: set config.mask.kind='none', "
+                     f"got {config.mask.kind!r}.")
+
+
 def keep_state(setup: Any, state: Any) -> Any:
   """The `prepare_state` of an objective that measures nothing before its first step: the fresh
   (or init_from) state as it is."""

@@ -43,7 +43,11 @@ class FDModel(nn.Module):
     return {"pred": head(out)}
 
 
+MASKS = False  # FD distils from the clean image
+
+
 def make_model(config: ml_collections.ConfigDict, teacher: Any) -> FDModel:
+  common.check_unmasked(config)
   return FDModel(student=common.make_student(config), teacher_width=teacher.width)
 
 

@@ -58,10 +58,15 @@ class LinearProbeModel(nn.Module):
     return {"logits": logits}
 
 
+TEACHER = False  # a head on a frozen encoder, no teacher
+MASKS = False  # every patch
+
+
 def make_model(config: ml_collections.ConfigDict, teacher: Optional[Any]) -> LinearProbeModel:
   if teacher is not None or config.teacher.get("spec"):
     raise ValueError("method 'linear_probe' trains without a teacher: set "
                      "config.teacher.spec=None.")
+  common.check_unmasked(config)
   if tuple(config.optim.get("frozen") or ()) != FROZEN:
     raise ValueError(f"method 'linear_probe' trains the head only: set "
                      f"config.optim.frozen={FROZEN}.")

@@ -215,6 +215,9 @@ def mid_mask_count(config: ml_collections.ConfigDict, student: ViT) -> int:
   return count
 
 
+TEACHER = False  # pixels are the target: no teacher
+
+
 def make_model(config: ml_collections.ConfigDict, teacher: Any = None) -> MAEModel:
   del teacher  # MAE has none
   check_config(config)

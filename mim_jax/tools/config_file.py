@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from types import ModuleType
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import ml_collections
 
@@ -54,6 +54,23 @@ def check_keys(config: ml_collections.ConfigDict, keys: Iterable[str], prefix: s
       guess = config_lib.closest_key(config, key)
       hint = f"; did you mean {prefix}{guess}?" if guess else ""
       raise KeyError(f"{prefix}{key} is not a field of the config{hint}")
+
+
+# Keys whose value is not used while another key is set: (key, the key that replaces it).
+REPLACED_BY = {"optim.base_lr": "optim.lr"}
+
+
+def check_replaced(config: ml_collections.ConfigDict, overrides: Mapping[str, str],
+                   prefix: str = "") -> None:
+  """Raises ValueError when `overrides` ({dotted key: value as given}) set a key that another
+  key, set by the config or the overrides, replaces: the run would not use the value asked."""
+  for key, other in REPLACED_BY.items():
+    if key not in overrides:
+      continue
+    value = overrides.get(other, get_dotted(config, other))
+    if value is not None and str(value) != "None":
+      raise ValueError(f"{prefix}{key}={overrides[key]} would not be used: {other}={value} "
+                       f"replaces it; set {prefix}{other} instead")
 
 
 def get_dotted(config: ml_collections.ConfigDict, key: str) -> Any:
