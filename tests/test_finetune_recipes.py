@@ -163,7 +163,7 @@ def test_a_clip_tower_fine_tunes_with_its_first_blocks_frozen(tmp_path):
   c.async_checkpoint = False
   result = train.train_and_evaluate(c, str(tmp_path / "run"))
   student = traverse_util.flatten_dict(jax.device_get(result.state.params["student"]), sep="/")
-  template = jax.tree.map(np.asarray, _classifier_params(c)["student"])
+  template = _classifier_params(c)["student"]  # ShapeDtypeStructs: load_student reads their shapes
   loaded = traverse_util.flatten_dict(
       init_from.load_student(clip_dir, template, result.setup.model_student()), sep="/")
   for name, value in student.items():
