@@ -28,7 +28,10 @@ def base(method: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
-  c.precision = "float32"  # matmul inputs: "float32" | "bfloat16" (parameters stay float32)
+  # matmul inputs (parameters stay float32): "float32" | "bfloat16" | "auto", which is bfloat16
+  # on TPU and GPU and float32 on CPU, for the devices the step runs on (or is compiled for:
+  # mim_jax.aot); mim_jax/models/platforms.py resolves it. The teacher follows (teacher.dtype).
+  c.precision = "auto"
   # bf16 matmuls copy their operands into the layout XLA's fast CPU kernel wants, each block's
   # residual cotangent is materialised once (XLA's CPU fusion would recompute it in every
   # consumer) and the qkv projection runs in its natural layout; applies only when the step is
@@ -116,7 +119,8 @@ _FRACTION = dict(ge=0, le=1)
 ALLOWED: dict[str, Allowed] = {
     "method": one_of(*objectives.METHODS),
     "seed": integer(ge=0),
-    "precision": one_of(*objective_common.PRECISIONS),
+    "precision": one_of(*objective_common.PRECISIONS, note="auto: bfloat16 on TPU and GPU, "
+                        "float32 on CPU"),
     "cpu_matmul_layout": flag(),
     "student.variant": checked_by(config_lib.decode_variant, "a ViT variant '<size>/<patch>' "
                                   f"(sizes {', '.join(config_lib.SIZES)}) or a hybrid "
@@ -133,7 +137,7 @@ ALLOWED: dict[str, Allowed] = {
     "teacher.spec": free("a checkpoint directory or zoo name, read before the run writes"),
     "teacher.resize_to_student": flag(),
     "teacher.attention_from": integer(ge=0),
-    "teacher.dtype": listed(*objective_common.PRECISIONS, optional=True,
+    "teacher.dtype": listed(*objective_common.DTYPES, optional=True,
                             note="one per teacher; None follows precision"),
     "mask.kind": one_of(*masking.KINDS),
     "mask.ratio": number(**_FRACTION).bound(block_mask.leaves_a_patch),

@@ -9,12 +9,55 @@ topology runs on the CPU) and the config. Today:
 
 A platform's own kernel (e.g. an attention kernel) is another record, built from `PORTABLE`
 with `dataclasses.replace` in its own module and returned from `select` for its target.
+
+The target also settles `precision="auto"` (`resolve_precision`): bfloat16 matmul inputs where
+the matrix units run them natively (TPU, GPU), float32 on CPU, where bf16 buys nothing (and the
+demo's and the tests' numbers stay float32's).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
+
+import jax
 
 from mim_jax.models import cpu_layout, layers
+
+DTYPES = ("float32", "bfloat16")  # what a precision resolves to
+PRECISIONS = ("auto",) + DTYPES  # what `config.precision` may hold
+_AUTO_PRECISION = {"tpu": "bfloat16", "gpu": "bfloat16", "cpu": "float32"}
+
+
+def _platform_kind(platform: str) -> str:
+  """"tpu", "gpu" or "cpu" for a device's or backend's platform name ("cuda"/"rocm" are GPUs)."""
+  return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def resolve_precision(requested: str, platform: Optional[str] = None) -> str:
+  """The dtype name ("float32" | "bfloat16") of `config.precision` = `requested` on `platform`
+  (a device's platform: the devices a step is compiled for; None: JAX's default backend, for
+  code that runs where it is).
+
+  "auto" -> bfloat16 on TPU and GPU, float32 on CPU (and any other platform); an explicit
+  dtype is kept everywhere (a saved config.json's "float32" stays float32).
+  """
+  if requested not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}.")
+  if requested != "auto":
+    return requested
+  return _AUTO_PRECISION.get(_platform_kind(platform or jax.default_backend()), "float32")
+
+
+def for_target(config: Any, platform: str) -> Any:
+  """`config`, or a copy whose `precision` is resolved for `platform` (`resolve_precision`):
+  what a run assembles and what `mim_jax.aot` compiles, so that the student, the teacher's dtype
+  and every report below read one concrete dtype."""
+  requested = config.get("precision", "float32")
+  resolved = resolve_precision(requested, platform)
+  if resolved == requested:
+    return config
+  out = config.copy_and_resolve_references()
+  out.precision = resolved
+  return out
 
 
 def select(platform: str, num_devices: int, config: Any) -> layers.PlatformOps:
