@@ -20,6 +20,7 @@ from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
 from mim_jax.evaluation import features
 from mim_jax.models import layers
+from mim_jax.models import platforms
 from mim_jax.models import vit
 from mim_jax.objectives import common as objective_common
 
@@ -32,6 +33,10 @@ def base(method: str) -> ml_collections.ConfigDict:
   # on TPU and GPU and float32 on CPU, for the devices the step runs on (or is compiled for:
   # mim_jax.aot); mim_jax/models/platforms.py resolves it. The teacher follows (teacher.dtype).
   c.precision = "auto"
+  # The attention kernel (mim_jax/models/platforms.py): "auto" (the fastest measured for the
+  # platform: cuDNN's fused attention on a GPU in bf16, else XLA's) | "xla" (explicit softmax
+  # attention, every platform) | "cudnn" (GPU and bf16 only; refused elsewhere).
+  c.attention = "auto"
   # bf16 matmuls copy their operands into the layout XLA's fast CPU kernel wants, each block's
   # residual cotangent is materialised once (XLA's CPU fusion would recompute it in every
   # consumer) and the qkv projection runs in its natural layout; applies only when the step is
@@ -121,6 +126,7 @@ ALLOWED: dict[str, Allowed] = {
     "seed": integer(ge=0),
     "precision": one_of(*objective_common.PRECISIONS, note="auto: bfloat16 on TPU and GPU, "
                         "float32 on CPU"),
+    "attention": one_of(*platforms.ATTENTIONS, note="cudnn: GPU and bf16 only"),
     "cpu_matmul_layout": flag(),
     "student.variant": checked_by(config_lib.decode_variant, "a ViT variant '<size>/<patch>' "
                                   f"(sizes {', '.join(config_lib.SIZES)}) or a hybrid "

@@ -5,7 +5,16 @@ is compiled for (which may not be the platform JAX runs on: ahead-of-time compil
 topology runs on the CPU) and the config. Today:
 
   one CPU device, `config.cpu_matmul_layout` (default True) -> `cpu_layout.OPS`
-  anything else (TPU, GPU, a mesh of several CPU devices)   -> `layers.PORTABLE`
+  GPU, `config.attention` "auto" or "cudnn", bf16 matmuls    -> `fused_attention.CUDNN`
+  anything else (TPU, a GPU in float32, a mesh of CPUs)      -> `layers.PORTABLE`
+
+`config.attention` (`ATTENTIONS`) is the one attention switch: "xla" is the portable explicit
+softmax attention everywhere; "cudnn" asks for cuDNN's fused attention (GPU, bf16 only: refused
+elsewhere by `check_attention`); "auto" takes the fastest measured for the platform: cuDNN on a
+GPU in bf16, else XLA's. On TPU "auto" is XLA's: the Pallas flash-attention kernel of
+jax.experimental.pallas.ops.tpu moves more HBM bytes than XLA's fused softmax at ViT lengths
+(197 tokens padded to its 128-blocks, its float32 softmax statistics stored lane-broadcast;
+docs/tpu_cost.md, "After"), so no TPU kernel is offered.
 
 A platform's own kernel (e.g. an attention kernel) is another record, built from `PORTABLE`
 with `dataclasses.replace` in its own module and returned from `select` for its target.
@@ -20,11 +29,12 @@ from typing import Any, Optional
 
 import jax
 
-from mim_jax.models import cpu_layout, layers
+from mim_jax.models import cpu_layout, fused_attention, layers
 
 DTYPES = ("float32", "bfloat16")  # what a precision resolves to
 PRECISIONS = ("auto",) + DTYPES  # what `config.precision` may hold
 _AUTO_PRECISION = {"tpu": "bfloat16", "gpu": "bfloat16", "cpu": "float32"}
+ATTENTIONS = ("auto", "xla", "cudnn")  # what `config.attention` may hold
 
 
 def _platform_kind(platform: str) -> str:
@@ -53,6 +63,7 @@ def for_target(config: Any, platform: str) -> Any:
   and every report below read one concrete dtype."""
   requested = config.get("precision", "float32")
   resolved = resolve_precision(requested, platform)
+  check_attention(config.get("attention", "auto"), resolved, platform)
   if resolved == requested:
     return config
   out = config.copy_and_resolve_references()
@@ -60,13 +71,36 @@ def for_target(config: Any, platform: str) -> Any:
   return out
 
 
+def check_attention(attention: str, precision: str, platform: str) -> None:
+  """ValueError (one line, with the fix) when `config.attention` cannot be honoured on
+  `platform` with matmuls in `precision` (a resolved dtype name)."""
+  if attention not in ATTENTIONS:
+    raise ValueError(f"attention={attention!r} is not one of {ATTENTIONS}.")
+  if attention != "cudnn":
+    return
+  if _platform_kind(platform) != "gpu":
+    raise ValueError(f"attention='cudnn' needs a GPU; this step runs on {platform}: use "
+                     f"--config.attention=auto (or xla).")
+  if precision not in ("bfloat16",):
+    raise ValueError(f"attention='cudnn' needs bf16 matmuls (cuDNN's fused attention takes "
+                     f"no float32); precision is {precision}: use --config.precision=auto "
+                     f"(or bfloat16), or --config.attention=xla.")
+
+
 def select(platform: str, num_devices: int, config: Any) -> layers.PlatformOps:
   """The `PlatformOps` of a step compiled for `num_devices` devices of `platform` ("cpu",
-  "gpu" or "tpu") under `config` (a ConfigDict; reads `cpu_matmul_layout`).
+  "gpu" or "tpu") under `config` (a ConfigDict; reads `attention`, `precision` and
+  `cpu_matmul_layout`).
 
   The CPU layout's copies flatten arrays behind optimization barriers, which would destroy a
   sharded axis: it applies to a single device only.
   """
-  if platform == "cpu" and num_devices == 1 and config.get("cpu_matmul_layout", True):
+  attention = config.get("attention", "auto")
+  precision = resolve_precision(config.get("precision", "float32"), platform)
+  check_attention(attention, precision, platform)
+  kind = _platform_kind(platform)
+  if kind == "gpu" and attention in ("auto", "cudnn") and precision == "bfloat16":
+    return fused_attention.CUDNN
+  if kind == "cpu" and num_devices == 1 and config.get("cpu_matmul_layout", True):
     return cpu_layout.OPS
   return layers.PORTABLE
