@@ -59,6 +59,10 @@ def base(method: str) -> ml_collections.ConfigDict:
   # A student started from a CLIP vision tower (init_from) has CLIP's MLP activation
   # ("quick_gelu"), LayerNorm epsilon (1e-5) and LayerNorm before the first block (pre_norm).
   c.student.act, c.student.ln_eps, c.student.pre_norm = "gelu", 1e-6, False
+  # The student's residual stream and activations between ops (mim_jax/models/layers.py):
+  # "float32" | "bfloat16" (half the HBM traffic of a TPU step's activations and attention
+  # scores; LayerNorm and softmax statistics, the final norm, heads and losses stay float32).
+  c.student.stream_dtype = "float32"
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
   # None for methods without a teacher. Several teachers (MR-MAE's joint mimicking only):
   # comma-separated, "clip_b16,dino_b16" (the field stays a str, so one spec and every override
@@ -138,6 +142,7 @@ ALLOWED: dict[str, Allowed] = {
     "student.weight_init": one_of(*vit.INITS),
     "student.remat": one_of("none", *layers.REMAT_POLICIES),
     "student.scan": flag(),
+    "student.stream_dtype": one_of(*objective_common.DTYPES),
     "student.stage_skips": flag(),
     "student.layer_scale": number(gt=0, optional=True),
     "teacher.spec": free("a checkpoint directory or zoo name, read before the run writes"),

@@ -72,6 +72,7 @@ def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvVi
   kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
                 rel_pos=s.rel_pos, layer_scale=s.layer_scale, weight_init=s.weight_init,
                 remat=s.remat, scan=bool(s.get("scan", False)), dtype=compute_dtype(config),
+                stream_dtype=jnp.dtype(s.get("stream_dtype", "float32")),
                 act=s.get("act", "gelu"), ln_eps=float(s.get("ln_eps", 1e-6)),
                 pre_norm=bool(s.get("pre_norm", False)))
   kwargs.update(overrides)
@@ -84,7 +85,8 @@ def _check_hybrid_options(s: ml_collections.ConfigDict) -> None:
   and pre-norm): none is ignored silently."""
   set_ = {k: s.get(k) for k, off in (("rel_pos", "none"), ("layer_scale", None),
                                      ("weight_init", "mae"), ("scan", False), ("act", "gelu"),
-                                     ("ln_eps", 1e-6), ("pre_norm", False))
+                                     ("ln_eps", 1e-6), ("pre_norm", False),
+                                     ("stream_dtype", "float32"))
           if s.get(k, off) != off}
   if set_:
     raise ValueError(f"student.variant {s.variant!r} is a hybrid ConvViT, which has no "
