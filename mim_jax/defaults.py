@@ -99,6 +99,9 @@ def base(method: str) -> ml_collections.ConfigDict:
   # Gradients as the mean over this many micro-batches of batch_size / accumulate_steps, one at a
   # time inside the step (the same update, with the activations of one micro-batch).
   c.optim.accumulate_steps = 1
+  # AdamW's first moment stored in "float32" | "bfloat16" (half its memory and its bytes read and
+  # written each step; the second moment and the parameters stay float32).
+  c.optim.mu_dtype = "float32"
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   # None: JAX's choice (on for v5e only); True lets a mesh axis span parts of several physical
@@ -169,6 +172,7 @@ ALLOWED: dict[str, Allowed] = {
     "optim.schedule": one_of(*optim.SCHEDULES),
     "optim.clip_norm": number(gt=0, optional=True),
     "optim.accumulate_steps": integer(**_COUNT),
+    "optim.mu_dtype": one_of(*objective_common.DTYPES, note="AdamW only"),
     "optim.layer_decay": number(gt=0, le=1, optional=True),  # fine-tuning configs
     "optim.momentum": number(ge=0, lt=1),  # LARS / SGD (the linear probe)
     "optim.frozen": free("parameter groups; the linear probe checks its own"),
