@@ -14,8 +14,8 @@ the LayerNorm, matmul, MLP and attention outputs and the attention scores. float
 no float32 copy of its activations is needed. What stays float32 whatever `stream_dtype`:
 matmul accumulation, the LayerNorm statistics (mean, variance: a bf16 mean of 768 values loses
 the digits the subtraction needs), the softmax (max, exponentials, their sum: computed from the
-stored scores inside one fusion and stored in `stream_dtype`) and the activation function's
-arithmetic; they cost no HBM traffic, only the stored results do.
+stored scores inside one fusion and stored in `stream_dtype`); they cost no HBM traffic, only the
+stored results do.
 
 Platform-specific code: these layers are written once, for every platform. Where one platform's
 compiler is served better by another program than the plain one, the layers call an entry of the
@@ -380,8 +380,10 @@ class Mlp(nn.Module):
     d = x.shape[-1]
     y = Dense(self.hidden, dtype=self.dtype, kernel_axes=("embed", "mlp"),
               kernel_init=self.fc1_init, stream_dtype=self.stream_dtype, name="fc1")(x)
-    # The activation's arithmetic in float32 (fused: only its stored output is in the stream).
-    y = activation(self.act)(y.astype(F32)).astype(self.stream_dtype)
+    # In the stream's dtype: a float32 detour would make autodiff save a float32 copy of the
+    # [B, L, mlp] pre-activation for the backward pass (XLA computes bf16 elementwise maths in
+    # float32 inside its fusions anyway).
+    y = activation(self.act)(y)
     y = nn.with_logical_constraint(y, ("batch", "length", "mlp"))
     return Dense(d, dtype=self.dtype, kernel_axes=("mlp", "embed"),
                  kernel_init=self.fc2_init, stream_dtype=self.stream_dtype, name="fc2")(y)
