@@ -70,7 +70,7 @@ from mim_jax import recommend
 from mim_jax import sharding as sharding_lib
 from mim_jax import step as step_lib
 from mim_jax import teachers
-from mim_jax.models import layers
+from mim_jax.models import layers, platforms
 
 GIB = 2**30
 
@@ -213,7 +213,8 @@ class Compiled:
 def lower_step(config: ml_collections.ConfigDict, devices: Sequence[Any]
                ) -> tuple[Any, step_lib.Setup, Any, Any]:
   """(jax.stages.Lowered, setup, mesh, abstract teacher params) of the train step of `config`
-  for `devices` (abstract or real)."""
+  for `devices` (abstract or real), with `precision` "auto" resolved for their platform."""
+  config = platforms.for_target(config, devices[0].platform)
   mesh = sharding_lib.make_mesh(config.mesh, devices=devices)
   teacher = assembly.load_teacher(config, abstract=True)  # the run's code, no weight read
   setup = assembly.make_setup(config, teacher, mesh, *_schedule_steps(config))
@@ -352,9 +353,11 @@ def describe(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> str:
   mesh = dict(zip(sharding_lib.MESH_AXES, sharding_lib.mesh_shape(dict(config.mesh),
                                                                   len(devices))))
   per_device = config.batch_size // max(mesh["data"] * mesh["fsdp"], 1)
+  precision = platforms.resolve_precision(config.get("precision", "float32"),
+                                          devices[0].platform)
   return (f"compiling the {config.method} step for {devices[0].device_kind} x {len(devices)}: "
           f"mesh {mesh}, {per_device} images per device (global {config.batch_size}), "
-          f"precision {config.get('precision', 'float32')}, remat "
+          f"precision {precision}, remat "
           f"{config.student.get('remat', 'none')}")
   return "\n".join(lines), fits
 

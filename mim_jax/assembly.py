@@ -36,6 +36,7 @@ from mim_jax.convert import scan
 from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
 from mim_jax.evaluation import features
+from mim_jax.models import platforms
 
 
 # ---- the teacher ------------------------------------------------------------------------------
@@ -133,6 +134,7 @@ def assemble(config: ml_collections.ConfigDict, workdir: str) -> Assembly:
   """Checks the config, loads the teacher (a bad teacher or data input fails here), builds the
   mesh and setup, reads `init_from`: every input problem stops the run before it writes."""
   validate.check(config, workdir)  # workdir, mesh and batch problems: before any work
+  config = platforms.for_target(config, jax.devices()[0].platform)  # precision "auto"
   teacher = load_teacher(config)
   features.check_pool(config.eval.pool)
   if config.get("init_from"):

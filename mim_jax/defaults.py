@@ -20,6 +20,7 @@ from mim_jax.data import block_mask
 from mim_jax.data import input_pipeline
 from mim_jax.evaluation import features
 from mim_jax.models import layers
+from mim_jax.models import platforms
 from mim_jax.models import vit
 from mim_jax.objectives import common as objective_common
 from mim_jax.objectives import evaluators
@@ -34,7 +35,14 @@ def base(method: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
-  c.precision = "float32"  # matmul inputs: "float32" | "bfloat16" (parameters stay float32)
+  # matmul inputs (parameters stay float32): "float32" | "bfloat16" | "auto", which is bfloat16
+  # on TPU and GPU and float32 on CPU, for the devices the step runs on (or is compiled for:
+  # mim_jax.aot); mim_jax/models/platforms.py resolves it. The teacher follows (teacher.dtype).
+  c.precision = "auto"
+  # The attention kernel (mim_jax/models/platforms.py): "auto" (the fastest measured for the
+  # platform: cuDNN's fused attention on a GPU in bf16, else XLA's) | "xla" (explicit softmax
+  # attention, every platform) | "cudnn" (GPU and bf16 only; refused elsewhere).
+  c.attention = "auto"
   # bf16 matmuls copy their operands into the layout XLA's fast CPU kernel wants, each block's
   # residual cotangent is materialised once (XLA's CPU fusion would recompute it in every
   # consumer) and the qkv projection runs in its natural layout; applies only when the step is
@@ -57,6 +65,10 @@ def base(method: str) -> ml_collections.ConfigDict:
   # A student started from a CLIP vision tower (init_from) has CLIP's MLP activation
   # ("quick_gelu"), LayerNorm epsilon (1e-5) and LayerNorm before the first block (pre_norm).
   c.student.act, c.student.ln_eps, c.student.pre_norm = "gelu", 1e-6, False
+  # The student's residual stream and activations between ops (mim_jax/models/layers.py):
+  # "float32" | "bfloat16" (half the HBM traffic of a TPU step's activations and attention
+  # scores; LayerNorm and softmax statistics, the final norm, heads and losses stay float32).
+  c.student.stream_dtype = "float32"
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
   # None for methods without a teacher. Several teachers (MR-MAE's joint mimicking only):
   # comma-separated, "clip_b16,dino_b16" (the field stays a str, so one spec and every override
@@ -100,6 +112,9 @@ def base(method: str) -> ml_collections.ConfigDict:
   # Gradients as the mean over this many micro-batches of batch_size / accumulate_steps, one at a
   # time inside the step (the same update, with the activations of one micro-batch).
   c.optim.accumulate_steps = 1
+  # AdamW's first moment stored in "float32" | "bfloat16" (half its memory and its bytes read and
+  # written each step; the second moment and the parameters stay float32).
+  c.optim.mu_dtype = "float32"
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   # None: JAX's choice (on for v5e only); True lets a mesh axis span parts of several physical
@@ -147,7 +162,9 @@ _FRACTION = dict(ge=0, le=1)
 ALLOWED: dict[str, Allowed] = {
     "method": one_of(*objectives.METHODS),
     "seed": integer(ge=0),
-    "precision": one_of(*objective_common.PRECISIONS),
+    "precision": one_of(*objective_common.PRECISIONS, note="auto: bfloat16 on TPU and GPU, "
+                        "float32 on CPU"),
+    "attention": one_of(*platforms.ATTENTIONS, note="cudnn: GPU and bf16 only"),
     "cpu_matmul_layout": flag(),
     "student.variant": checked_by(config_lib.decode_variant, "a ViT variant '<size>/<patch>' "
                                   f"(sizes {', '.join(config_lib.SIZES)}) or a hybrid "
@@ -159,6 +176,7 @@ ALLOWED: dict[str, Allowed] = {
     "student.weight_init": one_of(*vit.INITS),
     "student.remat": one_of("none", *layers.REMAT_POLICIES),
     "student.scan": flag(),
+    "student.stream_dtype": one_of(*objective_common.DTYPES),
     "student.stage_skips": flag(),
     "student.layer_scale": number(gt=0, optional=True),
     "student.act": one_of(*layers.ACTIVATIONS),
@@ -167,7 +185,7 @@ ALLOWED: dict[str, Allowed] = {
     "teacher.spec": free("a checkpoint directory or zoo name, read before the run writes"),
     "teacher.resize_to_student": flag(),
     "teacher.attention_from": integer(ge=0),
-    "teacher.dtype": listed(*objective_common.PRECISIONS, optional=True,
+    "teacher.dtype": listed(*objective_common.DTYPES, optional=True,
                             note="one per teacher; None follows precision"),
     "mask.kind": one_of(*masking.KINDS),
     "mask.ratio": number(**_FRACTION).bound(block_mask.leaves_a_patch),
@@ -188,6 +206,7 @@ ALLOWED: dict[str, Allowed] = {
     "optim.schedule": one_of(*optim.SCHEDULES),
     "optim.clip_norm": number(gt=0, optional=True),
     "optim.accumulate_steps": integer(**_COUNT),
+    "optim.mu_dtype": one_of(*objective_common.DTYPES, note="AdamW only"),
     "optim.layer_decay": number(gt=0, le=1, optional=True),  # fine-tuning configs
     "optim.momentum": number(ge=0, lt=1),  # LARS / SGD (the linear probe)
     "optim.frozen": free("parameter groups; the linear probe checks its own"),

@@ -83,3 +83,31 @@ def test_frozen_takes_parameter_path_patterns():
 def test_frozen_pattern_that_freezes_nothing_is_refused(pattern, message):
   with pytest.raises(ValueError, match=message):
     _changed([pattern])
+
+
+def test_mu_dtype_stores_adams_first_moment_in_bf16():
+  """optim.mu_dtype="bfloat16": AdamW's first moment is stored in bf16 (the second moment and
+  the updates stay float32) and the update is within bf16's rounding of the float32 one;
+  another optimizer refuses it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  params = {"w": jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)}
+  grads = {"w": jnp.cos(jnp.arange(64.0)).reshape(8, 8)}
+  runs = {}
+  for mu in ("float32", "bfloat16"):
+    c = optim_config(mu_dtype=mu)
+    tx = optim.make_optimizer(c, optim.make_schedule(c, total_steps=10, warmup_steps=0,
+                                                     global_batch=256))
+    state = tx.init(params)
+    for _ in range(3):
+      updates, state = tx.update(grads, state, params)
+    moments = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu"))
+               if hasattr(s, "mu")]
+    assert moments[0].mu["w"].dtype == jnp.dtype(mu)
+    assert moments[0].nu["w"].dtype == jnp.float32 and updates["w"].dtype == jnp.float32
+    runs[mu] = updates["w"]
+  diff = float(jnp.abs(runs["bfloat16"] - runs["float32"]).max())
+  assert 0 < diff < 1e-2 * float(jnp.abs(runs["float32"]).max())
+  c = optim_config(mu_dtype="bfloat16", name="lars", momentum=0.9)
+  with pytest.raises(ValueError, match="mu_dtype='bfloat16' is AdamW's"):
+    optim.make_optimizer(c, optim.make_schedule(c, total_steps=10, warmup_steps=0,
+                                                global_batch=256))

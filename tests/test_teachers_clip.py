@@ -124,7 +124,26 @@ def test_bf16_close_to_f32(tmp_path):
       err = np.abs(np.asarray(out[key], np.float32) - ref).max() / np.abs(ref).max()
       # bf16 rounds to ~3 significant digits; a few blocks compound it to ~1e-2 relative.
       assert err < 3e-2, (key, err)
-    assert out["final"].dtype == np.float32
+    # A bf16 teacher runs wholly in bf16: its outputs are bf16 (the losses read them in f32).
+    assert out["final"].dtype == jax.numpy.bfloat16
+    assert {h.dtype for h in out["hidden_states"]} == {jax.numpy.dtype(jax.numpy.bfloat16)}
+  assert a["final"].dtype == np.float32
+
+
+def test_bf16_teacher_keeps_no_float32_activation(tmp_path):
+  """Every layer of a bf16 teacher returns bf16 (residual stream, LayerNorms, attention, MLP,
+  patch embedding): the float32 it keeps (LayerNorm and softmax statistics) lives inside
+  those layers. A float32 teacher's layers all return float32."""
+  make_clip(tmp_path, CLIPVisionModelWithProjection, **SMALL)
+  images = testing.student_images(2, 32, seed=2)
+  for dtype in ("bfloat16", "float32"):
+    t = teachers.load(str(tmp_path), dtype=dtype)
+    net = teachers.TeacherNet(t.arch, dtype=jax.numpy.dtype(dtype))
+    _, state = net.apply({"params": t.params}, t.preprocess(images), attn_layers=(),
+                         capture_intermediates=True, mutable=["intermediates"])
+    outs = jax.tree.leaves(state["intermediates"])
+    assert len(outs) > 20  # every submodule's output was captured
+    assert {x.dtype for x in outs} == {jax.numpy.dtype(dtype)}, dtype
 
 
 def test_for_student_l14_under_a_16_student_matches_transformers_interpolation(tmp_path):

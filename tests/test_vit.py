@@ -112,3 +112,30 @@ def test_wrong_image_size_is_refused(micro):
   model, params, _ = micro
   with pytest.raises(ValueError, match="expects 16x16"):
     model.apply(params, jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_bf16_stream_student_keeps_its_blocks_in_bf16_and_its_output_in_float32(scan):
+  """`student.stream_dtype="bfloat16"`: the residual stream between blocks in bf16, the final
+  norm (what heads and losses read) in float32, within bf16's rounding of the float32-stream
+  student with the same bf16 matmuls, and a finite float32 gradient of every parameter."""
+  from mim_jax import defaults  # pylint: disable=import-outside-toplevel
+  from mim_jax.objectives import common  # pylint: disable=import-outside-toplevel
+  c = defaults.base("mae")
+  c.student.variant, c.data.image_size, c.precision = "nano/4", 16, "bfloat16"
+  c.student.scan, c.student.stream_dtype = scan, "bfloat16"
+  model = common.make_student(c)
+  assert model.stream_dtype == jnp.bfloat16
+  ref_model = model.clone(stream_dtype=jnp.float32)
+  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  params = ref_model.init(jax.random.key(0), images)
+  out, aux = model.apply(params, images)
+  ref, ref_aux = ref_model.apply(params, images)
+  assert out.dtype == jnp.float32 and {b.dtype for b in aux["blocks"]} == {jnp.dtype("bfloat16")}
+  assert {b.dtype for b in ref_aux["blocks"]} == {jnp.dtype("float32")}
+  assert float(jnp.abs(out - ref).max()) < 5e-2 * float(jnp.abs(ref).max())
+  grads = jax.grad(lambda p: (model.apply(p, images)[0] ** 2).mean())(params)
+  leaves = jax.tree.leaves(grads)
+  assert {g.dtype for g in leaves} == {jnp.dtype("float32")}
+  assert all(bool(jnp.isfinite(g).all()) for g in leaves) and any(
+      float(jnp.abs(g).max()) > 0 for g in leaves)

@@ -7,7 +7,15 @@ optimise and to shard.
 Precision: parameters are always float32. `dtype="bfloat16"` makes every matmul take bfloat16
 inputs and accumulate in float32 (`preferred_element_type`), the form TPUs and GPUs run natively;
 the backward matmuls take bfloat16 operands too (custom VJP: autodiff would hand them the float32
-cotangent). Everything else (LayerNorm, softmax, residual stream) stays float32.
+cotangent). `stream_dtype` is the dtype of the activations between ops: the residual stream,
+the LayerNorm, matmul, MLP and attention outputs and the attention scores. float32 by default
+(the student: its gradients flow through them). The frozen teacher runs with
+`stream_dtype=bfloat16` when its dtype is bf16 (`teachers.network`): it has no backward pass, so
+no float32 copy of its activations is needed. What stays float32 whatever `stream_dtype`:
+matmul accumulation, the LayerNorm statistics (mean, variance: a bf16 mean of 768 values loses
+the digits the subtraction needs), the softmax (max, exponentials, their sum: computed from the
+stored scores inside one fusion and stored in `stream_dtype`); they cost no HBM traffic, only the
+stored results do.
 
 Platform-specific code: these layers are written once, for every platform. Where one platform's
 compiler is served better by another program than the plain one, the layers call an entry of the
@@ -53,12 +61,14 @@ class PlatformOps:
     -> [3, B, H, L, Dh] float32 (no bias).
   block_input(x [B, L, D]) -> x: the residual stream as each `Block` receives it (the same
     values; a platform may change how its cotangent is computed).
-  attention(q [B, H, Lq, Dh], k, v [B, H, Lk, Dh] (float32), bias (added to the logits,
-    broadcastable to [B, H, Lq, Lk], or None), dtype (of the matmul operands), dropout (None, or
-    a function applied to the probabilities before they weight v), return_probs (bool))
-    -> (out [B, H, Lq, Dh] float32, probs [B, H, Lq, Lk] float32 when return_probs else None).
-    Scores are scaled by Dh ** -0.5. An entry that cannot apply its kernel to a call (dropout,
-    return_probs, a bias or a dtype it does not take) returns `softmax_attention`'s result.
+  attention(q [B, H, Lq, Dh], k, v [B, H, Lk, Dh] (the stream dtype: float32, or bfloat16 for
+    a bf16 teacher), bias (added to the logits, broadcastable to [B, H, Lq, Lk], or None),
+    dtype (of the matmul operands), dropout (None, or a function applied to the probabilities
+    before they weight v), return_probs (bool))
+    -> (out [B, H, Lq, Dh] in q's dtype, probs [B, H, Lq, Lk] float32 when return_probs else
+    None). Scores are scaled by Dh ** -0.5. An entry that cannot apply its kernel to a call
+    (dropout, return_probs, a bias or a dtype it does not take) returns `softmax_attention`'s
+    result.
   """
   name: str
   dot: Callable[[str, jax.Array, jax.Array], jax.Array]
@@ -193,6 +203,7 @@ class Dense(nn.Module):
   kernel_axes: tuple[Optional[str], Optional[str]] = ("embed", "mlp")
   kernel_init: Callable = nn.initializers.xavier_uniform()
   bias_init: Callable = nn.initializers.zeros
+  stream_dtype: Dtype = F32  # of the output (see the module's docstring)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -200,17 +211,19 @@ class Dense(nn.Module):
                         (x.shape[-1], self.features), F32)
     lead = x.shape[:-1]
     y = einsum("ni,io->no", x.reshape(-1, x.shape[-1]), kernel, self.dtype, b_is_param=True)
-    y = y.reshape(*lead, self.features)
+    y = y.reshape(*lead, self.features).astype(self.stream_dtype)
     if self.use_bias:
       y = y + self.param("bias", partitioned(self.bias_init, self.kernel_axes[1:]),
-                         (self.features,), F32)
+                         (self.features,), F32).astype(self.stream_dtype)
     return y
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm in float32 with logical names on scale and bias."""
+  """LayerNorm computed in float32 (statistics and affine), returned in `stream_dtype`, with
+  logical names on scale and bias."""
   epsilon: float = 1e-6
   use_affine: bool = True
+  stream_dtype: Dtype = F32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -222,7 +235,7 @@ class LayerNorm(nn.Module):
       d = x.shape[-1]
       y = y * self.param("scale", partitioned(nn.initializers.ones, ("embed",)), (d,), F32)
       y = y + self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (d,), F32)
-    return y
+    return y.astype(self.stream_dtype)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -284,14 +297,17 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[j
 
   q [B, H, Lq, Dh], k, v [B, H, Lk, Dh] -> (out [B, H, Lq, Dh], probs [B, H, Lq, Lk] or None).
   Faster than jax.nn.dot_product_attention on CPU, and it gives the probabilities for free.
+  The scores and probabilities are stored in q's dtype (bf16 for a bf16 teacher: half the HBM
+  traffic of the [B, H, L, L] arrays); the softmax itself runs in float32 inside its fusion.
   """
-  logits = einsum("bhqk,bhsk->bhqs", q * (q.shape[-1] ** -0.5), k, dtype)
+  stream = q.dtype
+  logits = einsum("bhqk,bhsk->bhqs", q * (q.shape[-1] ** -0.5), k, dtype).astype(stream)
   if bias is not None:
-    logits = logits + bias
-  probs = jax.nn.softmax(logits, axis=-1)
+    logits = logits + bias.astype(stream)
+  probs = jax.nn.softmax(logits.astype(F32), axis=-1).astype(stream)
   dropped = probs if dropout is None else dropout(probs)
-  out = einsum("bhqs,bhsk->bhqk", dropped, v, dtype)
-  return out, (probs if return_probs else None)
+  out = einsum("bhqs,bhsk->bhqk", dropped, v, dtype).astype(stream)
+  return out, (probs.astype(F32) if return_probs else None)
 
 
 def identity(x: jax.Array) -> jax.Array:
@@ -316,6 +332,7 @@ class Attention(nn.Module):
   attn_drop: float = 0.0
   qkv_init: Optional[Callable] = None
   out_init: Callable = nn.initializers.xavier_uniform()
+  stream_dtype: Dtype = F32  # of q, k, v, the scores and the output
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: Optional[jax.Array] = None,
@@ -331,10 +348,10 @@ class Attention(nn.Module):
     # Head-major q, k, v [B, H, L, Dh]: jaxlib 0.10.2's CPU DotThunk rejects some backward dots
     # of the [B, L, H, Dh] layout in bf16 (tests/test_layers.py pins the working form).
     ops = platform_ops()
-    qkv = ops.qkv_projection(x, w_qkv, self.dtype)
+    qkv = ops.qkv_projection(x, w_qkv, self.dtype).astype(self.stream_dtype)
     if self.qkv_bias:
       qkv = qkv + self.param("qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")),
-                             (3, h, dh), F32)[:, None, :, None]
+                             (3, h, dh), F32)[:, None, :, None].astype(self.stream_dtype)
     q, k, v = qkv[0], qkv[1], qkv[2]
     q = nn.with_logical_constraint(q, ("batch", "heads", "length", "kv"))
     dropout = None
@@ -344,8 +361,9 @@ class Attention(nn.Module):
     w_out = self.param("out_kernel", partitioned(
         lambda key, shape, dtype=F32: self.out_init(key, (d, d), dtype).reshape(shape),
         ("heads", "kv", "embed")), (h, dh, d), F32)
-    y = einsum("bhqk,hkd->bqd", out, w_out, self.dtype, b_is_param=True)
-    y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (d,), F32)
+    y = einsum("bhqk,hkd->bqd", out, w_out, self.dtype, b_is_param=True).astype(self.stream_dtype)
+    y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (d,),
+                       F32).astype(self.stream_dtype)
     return y, probs
 
 
@@ -355,16 +373,20 @@ class Mlp(nn.Module):
   dtype: Dtype = F32
   fc2_init: Callable = nn.initializers.xavier_uniform()
   fc1_init: Callable = nn.initializers.xavier_uniform()
+  stream_dtype: Dtype = F32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     y = Dense(self.hidden, dtype=self.dtype, kernel_axes=("embed", "mlp"),
-              kernel_init=self.fc1_init, name="fc1")(x)
+              kernel_init=self.fc1_init, stream_dtype=self.stream_dtype, name="fc1")(x)
+    # In the stream's dtype: a float32 detour would make autodiff save a float32 copy of the
+    # [B, L, mlp] pre-activation for the backward pass (XLA computes bf16 elementwise maths in
+    # float32 inside its fusions anyway).
     y = activation(self.act)(y)
     y = nn.with_logical_constraint(y, ("batch", "length", "mlp"))
     return Dense(d, dtype=self.dtype, kernel_axes=("mlp", "embed"),
-                 kernel_init=self.fc2_init, name="fc2")(y)
+                 kernel_init=self.fc2_init, stream_dtype=self.stream_dtype, name="fc2")(y)
 
 
 class Block(nn.Module):
@@ -386,18 +408,20 @@ class Block(nn.Module):
   out_init: Callable = nn.initializers.xavier_uniform()
   fc2_init: Callable = nn.initializers.xavier_uniform()
   fc1_init: Callable = nn.initializers.xavier_uniform()
+  stream_dtype: Dtype = F32  # the residual stream's and every activation's (module docstring)
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: Optional[jax.Array] = None,
                deterministic: bool = True, return_probs: bool = False):
-    x = platform_ops().block_input(x)
+    x = platform_ops().block_input(x.astype(self.stream_dtype))
+    s = self.stream_dtype
     y, probs = Attention(self.num_heads, self.qkv_bias, self.dtype, self.attn_drop,
-                         self.qkv_init, self.out_init, name="attn")(
-                             LayerNorm(self.ln_eps, name="ln1")(x), bias, deterministic,
-                             return_probs)
+                         self.qkv_init, self.out_init, stream_dtype=s, name="attn")(
+                             LayerNorm(self.ln_eps, stream_dtype=s, name="ln1")(x), bias,
+                             deterministic, return_probs)
     x = x + drop_path(self.drop_path)(self._scale(y, "ls1"), deterministic)
-    y = Mlp(self.mlp_dim, self.act, self.dtype, self.fc2_init, self.fc1_init, name="mlp")(
-        LayerNorm(self.ln_eps, name="ln2")(x))
+    y = Mlp(self.mlp_dim, self.act, self.dtype, self.fc2_init, self.fc1_init, stream_dtype=s,
+            name="mlp")(LayerNorm(self.ln_eps, stream_dtype=s, name="ln2")(x))
     x = x + drop_path(self.drop_path)(self._scale(y, "ls2"), deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     return x, probs
@@ -407,7 +431,7 @@ class Block(nn.Module):
       return y
     gamma = self.param(name, partitioned(nn.initializers.constant(self.layer_scale), ("embed",)),
                        (y.shape[-1],), F32)
-    return y * gamma
+    return y * gamma.astype(y.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,6 +480,7 @@ class PatchEmbed(nn.Module):
   use_bias: bool = True
   dtype: Dtype = F32
   kernel_init: Optional[Callable] = None
+  stream_dtype: Dtype = F32
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -465,9 +490,10 @@ class PatchEmbed(nn.Module):
                         (self.patch, self.patch, c, self.width), F32)
     x = patchify(images, self.patch)
     y = einsum("bnk,kd->bnd", x, kernel.reshape(-1, self.width), self.dtype)
+    y = y.astype(self.stream_dtype)
     if self.use_bias:
       y = y + self.param("bias", partitioned(nn.initializers.zeros, ("embed",)),
-                         (self.width,), F32)
+                         (self.width,), F32).astype(self.stream_dtype)
     return y
 
 

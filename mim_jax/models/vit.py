@@ -201,6 +201,9 @@ class ViT(PatchGrid, nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-6
   pre_norm: bool = False
+  # The blocks' residual stream and activations (`layers`' docstring); the final norm's output,
+  # what heads and losses read, is float32 whatever it is.
+  stream_dtype: Any = F32
 
   @classmethod
   def from_variant(cls, variant: str, **kwargs) -> "ViT":
@@ -310,6 +313,7 @@ class ViT(PatchGrid, nn.Module):
       mid_depth, mid_fn: before block `mid_depth`, `(x, positions) = mid_fn(x, positions)`.
       fuse: blocks summed before the final norm (see `__call__`); () = the last block.
     """
+    x = x.astype(self.stream_dtype)  # the carry of a scanned stack keeps one dtype
     if self.scan:
       return self._encode_scanned(x, train=train, attn_layers=attn_layers, bias=bias,
                                   positions=positions, fuse=fuse, mid_depth=mid_depth,
@@ -332,14 +336,14 @@ class ViT(PatchGrid, nn.Module):
       rate = self.drop_path * i / max(self.depth - 1, 1)  # linear stochastic-depth decay
       block = layers.block_class(self.remat)(
           self.num_heads, self.mlp_dim, drop_path=rate, layer_scale=self.layer_scale,
-          act=self.act, ln_eps=self.ln_eps, dtype=self.dtype, name=f"block{i}",
-          **block_inits(self.weight_init, i))
+          act=self.act, ln_eps=self.ln_eps, dtype=self.dtype, stream_dtype=self.stream_dtype,
+          name=f"block{i}", **block_inits(self.weight_init, i))
       x, probs = block(x, block_bias, not train, i in wanted)
       blocks.append(x)
       if i in wanted:
         attn[i] = probs
     if fuse:
-      x = sum(blocks[i] for i in fuse)
+      x = sum(blocks[i].astype(F32) for i in fuse)
     out = layers.LayerNorm(self.ln_eps, name="norm")(x)
     return out, {"blocks": tuple(blocks), "attn": attn}
 
@@ -369,13 +373,14 @@ class ViT(PatchGrid, nn.Module):
           self.num_heads, self.mlp_dim, self.depth, drop_path=self.drop_path,
           layer_scale=self.layer_scale, dtype=self.dtype, remat=self.remat,
           weight_init=self.weight_init, act=self.act, ln_eps=self.ln_eps,
+          stream_dtype=self.stream_dtype,
           table_grid=self.grid if self.rel_pos == "per_layer" else None,
           deterministic=not train, return_probs=bool(seg_wanted), name=stack_name(start),
       )(x, jnp.arange(start, stop), seg_bias, positions)
       blocks += [outs[i] for i in range(stop - start)]  # [n, B, L, D] -> n arrays
       attn.update({i: probs[i - start] for i in seg_wanted})
     if fuse:
-      x = sum(blocks[i] for i in fuse)
+      x = sum(blocks[i].astype(F32) for i in fuse)
     out = layers.LayerNorm(self.ln_eps, name="norm")(x)
     return out, {"blocks": tuple(blocks), "attn": attn}
 
@@ -422,6 +427,7 @@ class ScannedLayer(nn.Module):
   table_grid: Optional[tuple[int, int]] = None  # per-layer relative position bias tables
   act: str = "gelu"
   ln_eps: float = 1e-6
+  stream_dtype: Any = F32
   deterministic: bool = True
   return_probs: bool = False
 
@@ -435,8 +441,8 @@ class ScannedLayer(nn.Module):
     rate = self.drop_path * i.astype(F32) / max(self.depth - 1, 1) if self.drop_path else 0.0
     block = layers.block_class(self.remat)(
         self.num_heads, self.mlp_dim, drop_path=rate, layer_scale=self.layer_scale,
-        act=self.act, ln_eps=self.ln_eps, dtype=self.dtype, name="block",
-        **block_inits(self.weight_init, i))
+        act=self.act, ln_eps=self.ln_eps, dtype=self.dtype, stream_dtype=self.stream_dtype,
+        name="block", **block_inits(self.weight_init, i))
     with layers.scanned_stack():
       x, probs = block(x, bias, self.deterministic, self.return_probs)
     return x, (x, probs)

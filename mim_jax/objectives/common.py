@@ -10,22 +10,25 @@ import jax.numpy as jnp
 import ml_collections
 
 from mim_jax import config as config_lib
-from mim_jax.models import layers
+from mim_jax.models import layers, platforms
 from mim_jax.models.convvit import ConvViT
 from mim_jax.models.vit import ViT
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = platforms.PRECISIONS  # config.precision: "auto" | "float32" | "bfloat16"
+DTYPES = platforms.DTYPES  # teacher.dtype: "float32" | "bfloat16"
 TARGET_NORMS = ("ln", "bn", "l2", "none")  # normalize_target
 LOSSES = ("smooth_l1", "l2", "mse", "l1", "cosine")  # regression_loss
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
-  """The matmul input dtype: 'float32' or 'bfloat16' (parameters stay float32)."""
-  name = config.get("precision", "float32")
-  if name not in PRECISIONS:
-    raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}.")
-  return jnp.dtype(name)
+  """The matmul input dtype: 'float32' or 'bfloat16' (parameters stay float32).
+
+  `precision` "auto" is resolved for the target by `platforms.for_target` when a run is
+  assembled or compiled ahead of time; a config that reaches here unresolved (a benchmark, the
+  analysis CLI, a test) runs where it is: JAX's default backend.
+  """
+  return jnp.dtype(platforms.resolve_precision(config.get("precision", "float32")))
 
 
 def teacher_dtype(config: ml_collections.ConfigDict, index: int = 0) -> str:
@@ -38,7 +41,7 @@ def teacher_dtype(config: ml_collections.ConfigDict, index: int = 0) -> str:
     raise ValueError(f"teacher.dtype {raw!r} gives {len(names)} dtypes for {n} teachers: give "
                      f"one for all or one per teacher.")
   name = names[index if len(names) > 1 else 0]
-  if name not in PRECISIONS:
+  if name not in DTYPES:
     raise ValueError(f"teacher.dtype must be 'float32', 'bfloat16' or None (follow precision), "
                      f"got {name!r}.")
   return name
@@ -77,6 +80,7 @@ def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvVi
   kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
                 rel_pos=s.rel_pos, layer_scale=s.layer_scale, weight_init=s.weight_init,
                 remat=s.remat, scan=bool(s.get("scan", False)), dtype=compute_dtype(config),
+                stream_dtype=jnp.dtype(s.get("stream_dtype", "float32")),
                 act=s.get("act", "gelu"), ln_eps=float(s.get("ln_eps", 1e-6)),
                 pre_norm=bool(s.get("pre_norm", False)))
   kwargs.update(overrides)
@@ -89,7 +93,8 @@ def _check_hybrid_options(s: ml_collections.ConfigDict) -> None:
   and pre-norm): none is ignored silently."""
   set_ = {k: s.get(k) for k, off in (("rel_pos", "none"), ("layer_scale", None),
                                      ("weight_init", "mae"), ("scan", False), ("act", "gelu"),
-                                     ("ln_eps", 1e-6), ("pre_norm", False))
+                                     ("ln_eps", 1e-6), ("pre_norm", False),
+                                     ("stream_dtype", "float32"))
           if s.get(k, off) != off}
   if set_:
     raise ValueError(f"student.variant {s.variant!r} is a hybrid ConvViT, which has no "

@@ -73,6 +73,10 @@ class TeacherNet(nn.Module):
   after pre_norm, then each block's output), "final": norm of the last block output [B, 1 + N, D],
   "pooled": final[:, 0] [B, D], "attn": {i: probs [B, H, 1 + N, 1 + N]} for i in attn_layers
   (non-negative indices), "embeds": [B, P] when arch.proj_dim}.
+
+  `dtype` is the teacher's whole dtype: matmul inputs and every activation (residual stream,
+  LayerNorm outputs, attention scores), so a bf16 teacher stores nothing in float32 but its
+  attention maps; statistics stay float32 (`layers`' docstring). The outputs are in `dtype`.
   """
   arch: Arch
   dtype: Any = F32
@@ -84,27 +88,29 @@ class TeacherNet(nn.Module):
       raise ValueError(f"TeacherNet expects [B, {a.image_size}, {a.image_size}, 3] images, got "
                        f"{images.shape}")
     x = layers.PatchEmbed(a.patch, a.width, use_bias=a.patch_bias, dtype=self.dtype,
-                          name="patch_embed")(images)
+                          stream_dtype=self.dtype, name="patch_embed")(images)
     cls = self.param("cls", nn.initializers.zeros, (1, 1, a.width), F32)
     pos = self.param("pos_embedding", nn.initializers.zeros, (a.num_patches + 1, a.width), F32)
     cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, a.width))
-    x = jnp.concatenate([cls, x], axis=1) + pos[None]
+    x = jnp.concatenate([cls, x], axis=1) + pos[None].astype(x.dtype)
     if a.pre_norm:
-      x = layers.LayerNorm(a.ln_eps, name="pre_norm")(x)
+      x = layers.LayerNorm(a.ln_eps, stream_dtype=self.dtype, name="pre_norm")(x)
     hidden, attn = [x], {}
     wanted = layer_indices(attn_layers, a.depth)
     for i in range(a.depth):
       x, probs = layers.Block(a.num_heads, a.mlp_dim, act=a.act, ln_eps=a.ln_eps,
-                              qkv_bias=a.qkv_bias, dtype=self.dtype, name=f"block{i}")(
+                              qkv_bias=a.qkv_bias, dtype=self.dtype, stream_dtype=self.dtype,
+                              name=f"block{i}")(
                                   x, None, True, i in wanted)
       hidden.append(x)
       if i in wanted:
         attn[i] = probs
-    final = layers.LayerNorm(a.ln_eps, name="norm")(x)
+    final = layers.LayerNorm(a.ln_eps, stream_dtype=self.dtype, name="norm")(x)
     out = {"hidden_states": tuple(hidden), "final": final, "pooled": final[:, 0], "attn": attn}
     if a.proj_dim:
       out["embeds"] = layers.Dense(a.proj_dim, use_bias=False, dtype=self.dtype,
-                                   kernel_axes=("embed", None), name="proj")(final[:, 0])
+                                   kernel_axes=("embed", None), stream_dtype=self.dtype,
+                                   name="proj")(final[:, 0])
     return out
 
 
