@@ -112,9 +112,6 @@ def base(method: str) -> ml_collections.ConfigDict:
   # Gradients as the mean over this many micro-batches of batch_size / accumulate_steps, one at a
   # time inside the step (the same update, with the activations of one micro-batch).
   c.optim.accumulate_steps = 1
-  # AdamW's first moment stored in "float32" | "bfloat16" (half its memory and its bytes read and
-  # written each step; the second moment and the parameters stay float32).
-  c.optim.mu_dtype = "float32"
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   # None: JAX's choice (on for v5e only); True lets a mesh axis span parts of several physical
@@ -138,7 +135,10 @@ def base(method: str) -> ml_collections.ConfigDict:
 
 
 # Each optimizer's own settings (mim_jax/optim.py), with their defaults.
-OPTIMIZER_KEYS = {"adamw": dict(b1=0.9, b2=0.95, eps=1e-8), "lars": dict(momentum=0.9),
+# mu_dtype: AdamW's first moment stored in "float32" | "bfloat16" (half its memory and its bytes
+# read and written each step; the second moment and the parameters stay float32).
+OPTIMIZER_KEYS = {"adamw": dict(b1=0.9, b2=0.95, eps=1e-8, mu_dtype="float32"),
+                  "lars": dict(momentum=0.9),
                   "sgd": dict(momentum=0.9)}
 
 

@@ -224,10 +224,6 @@ def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule
   is traced without the parameter tree (`optax.tree_map_params`), which a per-group optimizer
   cannot be."""
   name = optim.get("name", "adamw")
-  mu_dtype = optim.get("mu_dtype", "float32")
-  if mu_dtype != "float32" and name != "adamw":
-    raise ValueError(f"optim.mu_dtype={mu_dtype!r} is AdamW's first-moment dtype; optimizer "
-                     f"{name!r} has none: set optim.mu_dtype=float32.")
   chain = []
   if optim.get("clip_norm"):
     chain.append(optax.clip_by_global_norm(float(optim.clip_norm)))
@@ -235,7 +231,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, schedule: optax.Schedule
     chain.append(optax.adamw(schedule, b1=float(optim.b1), b2=float(optim.b2),
                              eps=float(optim.get("eps", 1e-8)),
                              weight_decay=float(optim.weight_decay), mask=decay_mask,
-                             mu_dtype=jnp.dtype(mu_dtype)))
+                             mu_dtype=jnp.dtype(optim.get("mu_dtype", "float32"))))
   else:
     chain.append(momentum_optimizer(name, schedule, momentum=float(optim.momentum),
                                     weight_decay=float(optim.weight_decay)))
