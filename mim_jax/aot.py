@@ -28,11 +28,12 @@ memory figures describe the CPU program, not a TPU's).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import sys
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 
 def _set_cpu_device_count(argv: Sequence[str]) -> None:
@@ -108,29 +109,38 @@ def tpu_devices(topology: str) -> list[Any]:
                       "(or use --platform cpu).") from e
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   shape = [int(d) for d in dims.split("x")]
-  _compile_only_libtpu_env(generation, math.prod(shape))
   kwargs: dict[str, Any] = {"chip_config_name": "megacore"} if generation in _MEGACORE else {}
   if math.prod(shape) < 4:  # smaller than one host's 2x2 chips: the slice is the host
     kwargs["chips_per_host_bounds"] = tuple(shape + [1] * (3 - len(shape)))
   try:
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
-                                             **kwargs).devices)
+    with _compile_only_libtpu_env(generation, math.prod(shape)):
+      return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                               **kwargs).devices)
   except jax.errors.JaxRuntimeError as e:
     raise ValueError(f"libtpu refuses topology {topology!r}: {e}") from None
 
 
-def _compile_only_libtpu_env(generation: str, chips: int) -> None:
-  """What libtpu would otherwise look for in a TPU VM's metadata (set before it loads).
+@contextlib.contextmanager
+def _compile_only_libtpu_env(generation: str, chips: int) -> Iterator[None]:
+  """What libtpu would otherwise look for in a TPU VM's metadata, while it loads.
 
   Its lock file allows one libtpu process per machine, for the chips' sake: a compile-only
   client owns no chip, so several (tests, parallel checks) may run. Without a host description
   it prints warnings about an unknown accelerator; the slice described here is the target's.
+  The variables are taken back afterwards: left set, they would tell every process started
+  from this one (a training run) that it is a worker of a TPU pod (`main`'s --distributed).
   """
   cores = chips * 2 if generation in _MEGACORE else chips  # v4/v5p names count TensorCores
   name = {"v5e": "v5litepod"}.get(generation, generation)
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{name}-{cores}")
-  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  wanted = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_ACCELERATOR_TYPE": f"{name}-{cores}",
+            "TPU_WORKER_HOSTNAMES": "localhost"}
+  added = [key for key in wanted if key not in os.environ]
+  os.environ.update({key: wanted[key] for key in added})
+  try:
+    yield
+  finally:
+    for key in added:
+      os.environ.pop(key, None)
 
 
 def cpu_devices(num_devices: int) -> list[Any]:
