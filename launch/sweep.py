@@ -311,11 +311,11 @@ def resolved_config(argv: Sequence[str]) -> Any:
 
 
 def total_steps(config: Any) -> int:
-  """The run's last step (train.durations, with the dataset's size when it counts epochs)."""
-  from mim_jax import train  # pylint: disable=import-outside-toplevel
+  """The run's last step (assembly.durations, with the dataset's size when it counts epochs)."""
+  from mim_jax import assembly  # pylint: disable=import-outside-toplevel
   from mim_jax.data import input_pipeline  # pylint: disable=import-outside-toplevel
   examples = input_pipeline.num_examples(config.data) if config.get("total_steps") is None else 1
-  return train.durations(config, examples)[0]
+  return assembly.durations(config, examples)[0]
 
 
 def last_step(workdir: str) -> Optional[int]:
