@@ -66,9 +66,10 @@ def base(method: str) -> ml_collections.ConfigDict:
   # ("quick_gelu"), LayerNorm epsilon (1e-5) and LayerNorm before the first block (pre_norm).
   c.student.act, c.student.ln_eps, c.student.pre_norm = "gelu", 1e-6, False
   # The student's residual stream and activations between ops (mim_jax/models/layers.py):
-  # "float32" | "bfloat16" (half the HBM traffic of a TPU step's activations and attention
-  # scores; LayerNorm and softmax statistics, the final norm, heads and losses stay float32).
-  c.student.stream_dtype = "float32"
+  # "auto" (the matmuls' dtype: bfloat16 on TPU and GPU, float32 on CPU) | "float32" |
+  # "bfloat16" (half the HBM traffic of a TPU step's activations and attention scores;
+  # LayerNorm and softmax statistics, the final norm, heads and losses stay float32).
+  c.student.stream_dtype = "auto"
   # spec: a transformers checkpoint directory or a zoo name (clip_b16, clip_l14, dino_b16);
   # None for methods without a teacher. Several teachers (MR-MAE's joint mimicking only):
   # comma-separated, "clip_b16,dino_b16" (the field stays a str, so one spec and every override
@@ -176,7 +177,7 @@ ALLOWED: dict[str, Allowed] = {
     "student.weight_init": one_of(*vit.INITS),
     "student.remat": one_of("none", *layers.REMAT_POLICIES),
     "student.scan": flag(),
-    "student.stream_dtype": one_of(*objective_common.DTYPES),
+    "student.stream_dtype": one_of(*objective_common.STREAM_DTYPES),
     "student.stage_skips": flag(),
     "student.layer_scale": number(gt=0, optional=True),
     "student.act": one_of(*layers.ACTIVATIONS),

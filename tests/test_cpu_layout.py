@@ -105,12 +105,13 @@ def _block_program(ops=None) -> str:
 
 def test_switch_off_gives_the_plain_einsum_program():
   """With `cpu_matmul_layout=False` a single-CPU-device step traces exactly the program of no
-  platform code at all (plain einsums, no optimization barrier); with it on, the layout's
-  barriers are there."""
+  platform code at all (plain einsums; one optimization barrier, before the MLP's activation
+  is recomputed in the backward pass); with it on, the layout's barriers are there too."""
   plain = _block_program()
-  assert "optimization_barrier" not in plain
+  assert plain.count("optimization_barrier") == 1
   assert _block_program(platforms.select("cpu", 1, _config(False))) == plain
-  assert "optimization_barrier" in _block_program(platforms.select("cpu", 1, _config(True)))
+  layout = _block_program(platforms.select("cpu", 1, _config(True)))
+  assert layout.count("optimization_barrier") > 1
 
 
 def widest_activation_fusion(hlo: str, batch: int) -> int:

@@ -2,12 +2,15 @@
 platform seam (`PlatformOps`) through which Block and Attention reach platform-specific code."""
 import ast
 import collections
+import contextlib
 import functools
 import inspect
+import io
 
 import chex
 import flax.linen as nn
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -140,7 +143,7 @@ def test_block_and_attention_run_the_active_platform_ops():
   calls = collections.Counter()
   with layers.use_platform_ops(_recording(layers.PORTABLE, calls)):
     y, probs = block.apply(params, x, None, True, True)
-  assert calls == {"block_input": 1, "qkv_projection": 1, "attention": 1, "dot": 6}, calls
+  assert calls == {"block_input": 1, "qkv_projection": 1, "attention": 1, "dot": 8}, calls
   assert probs.shape == (2, 2, 5, 5)
   y_portable, probs_portable = block.apply(params, x, None, True, True)
   np.testing.assert_array_equal(y, y_portable)
@@ -181,3 +184,37 @@ def test_fused_kernel_inits_are_xavier_over_the_flattened_fans():
     limit = (6 / (fan_in + fan_out)) ** 0.5
     assert float(jnp.abs(w).max()) <= limit and float(jnp.abs(w).max()) > 0.95 * limit
     np.testing.assert_allclose(float(jnp.var(w)), limit ** 2 / 3, rtol=0.1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_einsum_of_an_activation_is_the_einsum_of_its_output(dtype):
+  """`einsum(..., a_fn=act)` (the activation recomputed in the backward pass below float32)
+  gives the values and gradients of applying the activation first."""
+  a = jax.random.normal(jax.random.key(0), (3, 4, 6))
+  b = jax.random.normal(jax.random.key(1), (6, 5))
+  gelu = layers.activation("gelu")
+  fused = lambda a, b: jnp.sum(jnp.sin(layers.einsum("abi,io->abo", a, b, dtype, a_fn=gelu)))
+  first = lambda a, b: jnp.sum(jnp.sin(layers.einsum("abi,io->abo", gelu(a), b, dtype)))
+  got, want = (jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(a, b) for f in (fused, first))
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _residual_shapes(fn, *args) -> list[str]:
+  """The shapes autodiff keeps from `fn`'s forward pass for its backward pass."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(fn, *args)
+  return [line.split()[0] for line in out.getvalue().splitlines() if line.strip()]
+
+
+def test_bf16_mlp_keeps_one_hidden_array_for_the_backward_pass():
+  """A bf16 MLP keeps only its hidden pre-activation [B, L, mlp] for the backward pass, not
+  the GELU's output (nor its erfc term): on TPU each is an extra HBM write and read of the
+  largest activation of a block."""
+  mlp = layers.Mlp(64, dtype=jnp.bfloat16, stream_dtype=jnp.bfloat16)
+  x = jnp.ones((2, 5, 16), jnp.bfloat16)
+  params = nn.unbox(mlp.init(jax.random.key(0), x))
+  shapes = _residual_shapes(lambda p, x: mlp.apply(p, x).astype(jnp.float32).sum(), params, x)
+  hidden = [s for s in shapes if np.prod([int(d) for d in s[s.index("[") + 1:-1].split(",")
+                                           if d]) == 2 * 5 * 64]
+  assert hidden == ["bf16[2,5,64]"], shapes

@@ -116,8 +116,9 @@ def cotangent_barrier(x: jax.Array) -> jax.Array:
   return _materialized_cotangent(x)
 
 
-def qkv_projection(x: jax.Array, w_qkv: jax.Array, dtype: layers.Dtype) -> jax.Array:
-  """x [B, L, D] @ w_qkv [D, 3, H, Dh] -> [3, B, H, L, Dh] (float32).
+def qkv_projection(x: jax.Array, w_qkv: jax.Array, dtype: layers.Dtype
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """x [B, L, D] @ w_qkv [D, 3, H, Dh] -> q, k, v [B, H, L, Dh] (float32).
 
   One [B L, D] x [D, 3 H Dh] matmul in the natural layout, materialised, then transposed
   head-major. XLA's CPU layout assignment otherwise computes it as w^T x^T: a transposed copy of
@@ -128,7 +129,8 @@ def qkv_projection(x: jax.Array, w_qkv: jax.Array, dtype: layers.Dtype) -> jax.A
   _, t, h, dh = w_qkv.shape
   y = jax.lax.optimization_barrier(
       layers.einsum("bld,dj->blj", x, w_qkv.reshape(d, t * h * dh), dtype))
-  return y.reshape(b, l, t, h, dh).transpose(2, 0, 3, 1, 4)
+  y = y.reshape(b, l, t, h, dh).transpose(2, 0, 3, 1, 4)
+  return y[0], y[1], y[2]
 
 
 OPS = dataclasses.replace(layers.PORTABLE, name="cpu_layout", dot=canonical_einsum,

@@ -58,7 +58,7 @@ class PlatformOps:
   dot(spec, a, b) -> float32 array: `einsum(spec, a, b)` of operands already cast to a dtype
     other than float32 (the forward and both backward products of a low-precision `einsum`).
   qkv_projection(x [B, L, D], w_qkv [D, 3, H, Dh] float32 parameter, dtype)
-    -> [3, B, H, L, Dh] float32 (no bias).
+    -> (q, k, v), each [B, H, L, Dh] float32 (no bias).
   block_input(x [B, L, D]) -> x: the residual stream as each `Block` receives it (the same
     values; a platform may change how its cotangent is computed).
   attention(q [B, H, Lq, Dh], k, v [B, H, Lk, Dh] (the stream dtype: float32, or bfloat16 for
@@ -72,7 +72,7 @@ class PlatformOps:
   """
   name: str
   dot: Callable[[str, jax.Array, jax.Array], jax.Array]
-  qkv_projection: Callable[[jax.Array, jax.Array, Dtype], jax.Array]
+  qkv_projection: Callable[[jax.Array, jax.Array, Dtype], tuple[jax.Array, ...]]
   block_input: Callable[[jax.Array], jax.Array]
   attention: Callable[..., tuple[jax.Array, Optional[jax.Array]]]
 
@@ -127,26 +127,40 @@ def plain_dot(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _mixed_einsum(spec: str, dtype: Dtype, dot: Callable, recast_b: bool, a: jax.Array,
-                  b: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _mixed_einsum(spec: str, dtype: Dtype, dot: Callable, recast_b: bool,
+                  a_fn: Optional[Callable], a: jax.Array, b: jax.Array) -> jax.Array:
+  a = a if a_fn is None else a_fn(a)
   return dot(spec, a.astype(dtype), b.astype(dtype))
 
 
-def _mixed_einsum_fwd(spec, dtype, dot, recast_b, a, b):
-  a_c, b_c = a.astype(dtype), b.astype(dtype)
-  out = dot(spec, a_c, b_c)
+def _mixed_einsum_fwd(spec, dtype, dot, recast_b, a_fn, a, b):
+  b_c = b.astype(dtype)
+  if a_fn is None:
+    a_c = a.astype(dtype)
+    out, saved_a = dot(spec, a_c, b_c), a_c
+  else:  # keep a_fn's input, not its output (recomputed in the backward pass)
+    out, saved_a = dot(spec, a_fn(a).astype(dtype), b_c), a
   # Residuals keep the original dtypes' zeros so the cotangents come back in them.
-  return out, (a_c, b if recast_b else b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+  return out, (saved_a, b if recast_b else b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
 
 
-def _mixed_einsum_bwd(spec, dtype, dot, recast_b, res, g):
-  a_c, b_c, a_proto, b_proto = res
+def _mixed_einsum_bwd(spec, dtype, dot, recast_b, a_fn, res, g):
+  saved_a, b_c, a_proto, b_proto = res
   b_c = b_c.astype(dtype)
   spec_a, spec_b = _transpose_specs(spec)
   g_c = g.astype(dtype)
+  if a_fn is None:
+    a_c, a_fn_vjp = saved_a, None
+  else:
+    # The barrier keeps XLA from merging this recomputation with the forward's (which would
+    # store a_fn's output again).
+    act, a_fn_vjp = jax.vjp(a_fn, jax.lax.optimization_barrier(saved_a))
+    a_c = act.astype(dtype)
   da = dot(spec_a, g_c, b_c)
   db = dot(spec_b, g_c, a_c)
+  if a_fn_vjp is not None:
+    da = a_fn_vjp(da.astype(act.dtype))[0]
   return da.astype(a_proto.dtype), db.astype(b_proto.dtype)
 
 
@@ -154,12 +168,18 @@ _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32,
-           b_is_param: bool = False) -> jax.Array:
+           b_is_param: bool = False, a_fn: Optional[Callable] = None) -> jax.Array:
   """Einsum of two operands with inputs cast to `dtype` and a float32 result.
 
   Every index of an operand must appear in the other operand or in the output (true of every
   matmul here), so that the backward pass is two einsums of the same kind. Below float32 each
   of the three products is the active platform's `dot`.
+
+  `a_fn`: an elementwise function (an activation) applied to `a` first: `einsum(spec,
+  a_fn(a), b)`. Below float32 the backward pass keeps `a`, not `a_fn(a)`, and computes
+  `a_fn(a)` again (one fused elementwise pass on TPU): autodiff would keep both, and for the
+  exact GELU its erfc term too, each as large as the MLP's hidden activations. In float32 it is
+  autodiff's own (CPU runs keep their numbers).
 
   `b_is_param`: b is a parameter as stored (not reshaped or computed). Inside a scanned stack
   (`scanned_stack()`) the backward pass then casts it again instead of keeping its `dtype` copy:
@@ -168,9 +188,9 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype = F32,
   than float32). Outside a scan the copy is an ordinary residual that XLA may keep or recompute.
   """
   if jnp.dtype(dtype) == jnp.dtype(F32):
-    return plain_dot(spec, a, b)
+    return plain_dot(spec, a if a_fn is None else a_fn(a), b)
   recast = b_is_param and bool(getattr(_TRACE, "scanned", None))
-  return _mixed_einsum(spec, jnp.dtype(dtype), platform_ops().dot, recast, a, b)
+  return _mixed_einsum(spec, jnp.dtype(dtype), platform_ops().dot, recast, a_fn, a, b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,14 +224,18 @@ class Dense(nn.Module):
   kernel_init: Callable = nn.initializers.xavier_uniform()
   bias_init: Callable = nn.initializers.zeros
   stream_dtype: Dtype = F32  # of the output (see the module's docstring)
+  act_in: Optional[str] = None  # an activation (`ACTIVATIONS`) applied to x first
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", partitioned(self.kernel_init, self.kernel_axes),
                         (x.shape[-1], self.features), F32)
-    lead = x.shape[:-1]
-    y = einsum("ni,io->no", x.reshape(-1, x.shape[-1]), kernel, self.dtype, b_is_param=True)
-    y = y.reshape(*lead, self.features).astype(self.stream_dtype)
+    # Over the last axis as it is: a reshape to [B L, D] would be a relayout copy on TPU,
+    # whose tiles pad the token axis (197 -> 200) but not a flattened one.
+    lead = "abcdefgh"[:x.ndim - 1]
+    a_fn = None if self.act_in is None else activation(self.act_in)
+    y = einsum(f"{lead}i,io->{lead}o", x, kernel, self.dtype, b_is_param=True, a_fn=a_fn)
+    y = y.astype(self.stream_dtype)
     if self.use_bias:
       y = y + self.param("bias", partitioned(self.bias_init, self.kernel_axes[1:]),
                          (self.features,), F32).astype(self.stream_dtype)
@@ -284,10 +308,13 @@ class TracedDropPath(nn.Module):
                           jnp.zeros_like(x))
 
 
-def qkv_projection(x: jax.Array, w_qkv: jax.Array, dtype: Dtype) -> jax.Array:
-  """x [B, L, D] @ w_qkv [D, 3, H, Dh] -> [3, B, H, L, Dh] (float32): one einsum
-  (`PORTABLE.qkv_projection`)."""
-  return einsum("bld,dthk->tbhlk", x, w_qkv, dtype, b_is_param=True)
+def qkv_projection(x: jax.Array, w_qkv: jax.Array, dtype: Dtype
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """x [B, L, D] @ w_qkv [D, 3, H, Dh] -> q, k, v [B, H, L, Dh] (float32): one einsum each
+  (`PORTABLE.qkv_projection`). Three products rather than one [3, B, H, L, Dh]: on TPU the
+  stacked one costs a pass that splits it (and, in the backward pass, one that stacks the three
+  gradients again), ~0.1 GB of HBM per ViT-B block at 64 x 197 tokens (docs/tpu_cost.md)."""
+  return tuple(einsum("bld,dhk->bhlk", x, w_qkv[:, i], dtype) for i in range(3))
 
 
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array],
@@ -348,11 +375,12 @@ class Attention(nn.Module):
     # Head-major q, k, v [B, H, L, Dh]: jaxlib 0.10.2's CPU DotThunk rejects some backward dots
     # of the [B, L, H, Dh] layout in bf16 (tests/test_layers.py pins the working form).
     ops = platform_ops()
-    qkv = ops.qkv_projection(x, w_qkv, self.dtype).astype(self.stream_dtype)
+    qkv = [y.astype(self.stream_dtype) for y in ops.qkv_projection(x, w_qkv, self.dtype)]
     if self.qkv_bias:
-      qkv = qkv + self.param("qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")),
-                             (3, h, dh), F32)[:, None, :, None].astype(self.stream_dtype)
-    q, k, v = qkv[0], qkv[1], qkv[2]
+      b_qkv = self.param("qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")),
+                         (3, h, dh), F32).astype(self.stream_dtype)
+      qkv = [y + b_qkv[i, :, None] for i, y in enumerate(qkv)]
+    q, k, v = qkv
     q = nn.with_logical_constraint(q, ("batch", "heads", "length", "kv"))
     dropout = None
     if self.attn_drop > 0.0 and not deterministic:
@@ -380,13 +408,12 @@ class Mlp(nn.Module):
     d = x.shape[-1]
     y = Dense(self.hidden, dtype=self.dtype, kernel_axes=("embed", "mlp"),
               kernel_init=self.fc1_init, stream_dtype=self.stream_dtype, name="fc1")(x)
-    # In the stream's dtype: a float32 detour would make autodiff save a float32 copy of the
-    # [B, L, mlp] pre-activation for the backward pass (XLA computes bf16 elementwise maths in
-    # float32 inside its fusions anyway).
-    y = activation(self.act)(y)
+    # The activation is fc2's `act_in`: below float32 the backward pass keeps only this
+    # pre-activation, in the stream's dtype, and recomputes the activation from it (autodiff
+    # would keep the activation too, and the exact GELU's erfc term: three [B, L, mlp] arrays).
     y = nn.with_logical_constraint(y, ("batch", "length", "mlp"))
-    return Dense(d, dtype=self.dtype, kernel_axes=("mlp", "embed"),
-                 kernel_init=self.fc2_init, stream_dtype=self.stream_dtype, name="fc2")(y)
+    return Dense(d, dtype=self.dtype, kernel_axes=("mlp", "embed"), kernel_init=self.fc2_init,
+                 stream_dtype=self.stream_dtype, act_in=self.act, name="fc2")(y)
 
 
 class Block(nn.Module):

@@ -31,6 +31,19 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return jnp.dtype(platforms.resolve_precision(config.get("precision", "float32")))
 
 
+STREAM_DTYPES = ("auto",) + DTYPES  # student.stream_dtype
+
+
+def student_stream_dtype(config: ml_collections.ConfigDict):
+  """The student's residual stream and activations between ops (`models/layers.py`):
+  `student.stream_dtype`, where "auto" follows the matmuls (`compute_dtype`): bfloat16 on a TPU
+  or GPU, float32 on CPU (a hybrid ConvViT's stream is float32 whatever it says)."""
+  name = config.student.get("stream_dtype", "auto")
+  if name not in STREAM_DTYPES:
+    raise ValueError(f"student.stream_dtype must be one of {STREAM_DTYPES}, got {name!r}.")
+  return compute_dtype(config) if name == "auto" else jnp.dtype(name)
+
+
 def teacher_dtype(config: ml_collections.ConfigDict, index: int = 0) -> str:
   """The matmul (and weight storage) dtype of teacher `index`: `teacher.dtype` (one name for
   every teacher, or one per teacher separated by commas), else `precision`'s."""
@@ -80,7 +93,7 @@ def make_student(config: ml_collections.ConfigDict, **overrides) -> ViT | ConvVi
   kwargs = dict(image_size=config.data.image_size, drop_path=s.drop_path, posemb=s.posemb,
                 rel_pos=s.rel_pos, layer_scale=s.layer_scale, weight_init=s.weight_init,
                 remat=s.remat, scan=bool(s.get("scan", False)), dtype=compute_dtype(config),
-                stream_dtype=jnp.dtype(s.get("stream_dtype", "float32")),
+                stream_dtype=student_stream_dtype(config),
                 act=s.get("act", "gelu"), ln_eps=float(s.get("ln_eps", 1e-6)),
                 pre_norm=bool(s.get("pre_norm", False)))
   kwargs.update(overrides)
@@ -94,8 +107,8 @@ def _check_hybrid_options(s: ml_collections.ConfigDict) -> None:
   set_ = {k: s.get(k) for k, off in (("rel_pos", "none"), ("layer_scale", None),
                                      ("weight_init", "mae"), ("scan", False), ("act", "gelu"),
                                      ("ln_eps", 1e-6), ("pre_norm", False),
-                                     ("stream_dtype", "float32"))
-          if s.get(k, off) != off}
+                                     ("stream_dtype", "auto"))
+          if s.get(k, off) != off and not (k == "stream_dtype" and s.get(k) == "float32")}
   if set_:
     raise ValueError(f"student.variant {s.variant!r} is a hybrid ConvViT, which has no "
                      f"{', '.join(f'{k}={v!r}' for k, v in set_.items())}: reset "
