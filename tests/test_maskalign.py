@@ -59,7 +59,8 @@ def arrays():
 
 
 @pytest.mark.parametrize("norm,align_cls,loss", [
-    ("ln", True, "smooth_l1"), ("ln", False, "l2"), ("bn", True, "l1"), ("none", True, "l2")])
+    ("ln", True, "smooth_l1"), ("ln", False, "l2"), ("bn", True, "l1"), ("none", True, "l2"),
+    ("l2", True, "l1")])
 def test_loss_by_hand(arrays, norm, align_cls, loss):
   hidden, ids_keep, preds = arrays
   config = obj_config(layer_weights="top_k", top_k=2, target_norm=norm, align_cls=align_cls,
@@ -72,8 +73,10 @@ def test_loss_by_hand(arrays, norm, align_cls, loss):
     h = hidden[j + 1].astype(np.float64)  # hidden_states[0] is the embedding output
     if norm == "ln":
       h = np_ln(h)
-    elif norm == "bn":
+    elif norm == "bn":  # statistics of every token, not only of those the loss reads
       h = (h - h.mean()) / np.sqrt(h.var() + 1e-5)
+    elif norm == "l2":
+      h = h / np.linalg.norm(h, axis=-1, keepdims=True)
     target = np.stack([np.concatenate([h[i, :1], h[i, 1:][ids_keep[i]]]) for i in range(2)])
     pred = preds[j].astype(np.float64)
     if not align_cls:

@@ -133,10 +133,16 @@ def make_model(config: ml_collections.ConfigDict, teacher: Any) -> MaskAlignMode
 
 def targets(hidden: jax.Array, ids_keep: jax.Array, norm: str) -> jax.Array:
   """Teacher block output [B, 1+N, D] -> normalised over the full sequence, then gathered
-  at CLS + ids_keep: [B, 1+n, D]."""
-  hidden = common.normalize_target(hidden, norm)
-  cls = hidden[:, :1]
-  return jnp.concatenate([cls, gather_tokens(hidden[:, 1:], ids_keep)], axis=1)
+  at CLS + ids_keep: [B, 1+n, D].
+
+  A per-token norm ("ln", "l2", "none") is applied after the gather: the same values, without
+  a float32 copy of every token of the teacher's output ([B, 1+N, D] per used layer, in HBM on
+  a TPU) for the quarter the loss reads. "bn" takes its statistics from the whole output.
+  """
+  if norm == "bn":
+    hidden = common.normalize_target(hidden, norm)
+  picked = jnp.concatenate([hidden[:, :1], gather_tokens(hidden[:, 1:], ids_keep)], axis=1)
+  return picked if norm == "bn" else common.normalize_target(picked, norm)
 
 
 def loss_fn(out: dict, teacher_out: dict, masks: Any, batch: dict,
