@@ -86,9 +86,20 @@ def test_teacher_is_frozen_and_not_in_the_state(tiny_vit_teacher_dir):
 
 
 def test_step_metrics(tiny_vit_teacher_dir):
-  *_, metrics, _ = run_steps(tiny_vit_teacher_dir, {"data": 8}, n=1)
+  setup, state, t_params, t_sh, batch = make(tiny_vit_teacher_dir, {"data": 8})
+  fn = step_lib.jit_train_step(setup, batch, t_sh)
+  before = jax.device_get(state.params)
+  state, metrics = fn(state, t_params, batch)
   for key in ("grad_norm", "param_norm", "update_norm", "lr", "loss/layer1"):
     assert np.isfinite(float(metrics[key]))
+  # update_norm: the norm of what the step changed in the parameters; param_norm: of the new ones.
+  after = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(state.params))]
+  change = [a - np.asarray(b, np.float64) for a, b in zip(after, jax.tree.leaves(before))]
+  want = np.sqrt(sum(np.sum(d * d) for d in change))
+  assert want > 0
+  assert float(metrics["update_norm"]) == pytest.approx(want, rel=1e-5)
+  assert float(metrics["param_norm"]) == pytest.approx(
+      np.sqrt(sum(np.sum(a * a) for a in after)), rel=1e-5)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_vit_teacher_dir", "tiny_clip_teacher_dir",
