@@ -218,3 +218,34 @@ def test_bf16_mlp_keeps_one_hidden_array_for_the_backward_pass():
   hidden = [s for s in shapes if np.prod([int(d) for d in s[s.index("[") + 1:-1].split(",")
                                            if d]) == 2 * 5 * 64]
   assert hidden == ["bf16[2,5,64]"], shapes
+
+
+def _attention_inputs(dtype=jnp.float32):
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 7, 8), dtype) for i in range(3))
+  return q, k, v
+
+
+def test_bf16_attention_recomputes_its_probabilities():
+  """Below float32 (no bias, dropout or returned probabilities) the attention keeps no
+  [B, H, L, L] array for its backward pass (on TPU each is written to HBM and read back), and
+  its values and gradients are those of the explicit attention that keeps them (the bias path,
+  with a zero bias) within bf16 rounding, and of float32 within bf16's precision."""
+  q, k, v = _attention_inputs(jnp.bfloat16)
+  recomputed = lambda q, k, v: layers.softmax_attention(q, k, v, None, jnp.bfloat16)[0]
+  kept = lambda q, k, v: layers.softmax_attention(q, k, v, jnp.zeros((7, 7)), jnp.bfloat16)[0]
+  f32 = lambda q, k, v: layers.softmax_attention(q, k, v, None, jnp.float32)[0]
+  loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v).astype(jnp.float32)))
+  shapes = _residual_shapes(loss(recomputed), q, k, v)
+  assert not [s for s in shapes if s.endswith("[2,3,7,7]")], shapes
+  assert [s for s in _residual_shapes(loss(kept), q, k, v) if s.endswith("[2,3,7,7]")]
+  got, want = (jax.jit(jax.value_and_grad(loss(f), argnums=(0, 1, 2)))(q, k, v)
+               for f in (recomputed, kept))
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-2)
+  for a, b in zip(got[1], want[1]):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=0.05, atol=0.05)
+  q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+  ref = jax.jit(jax.value_and_grad(loss(f32), argnums=(0, 1, 2)))(q32, k32, v32)
+  np.testing.assert_allclose(got[0], ref[0], rtol=2e-2)
+  for a, b in zip(got[1], ref[1]):
+    np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0.1, atol=0.1)

@@ -326,7 +326,15 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[j
   Faster than jax.nn.dot_product_attention on CPU, and it gives the probabilities for free.
   The scores and probabilities are stored in q's dtype (bf16 for a bf16 teacher: half the HBM
   traffic of the [B, H, L, L] arrays); the softmax itself runs in float32 inside its fusion.
+
+  Below float32, without bias, dropout or returned probabilities, the backward pass keeps no
+  [B, H, Lq, Lk] array: it keeps each row's log-sum-exp and computes the probabilities again
+  from q and k (`_recomputed_attention`; one more q k^T product, ~1% of a ViT-B step's FLOPs).
+  Otherwise (and always in float32: CPU runs keep their numbers) autodiff keeps them.
   """
+  if (bias is None and dropout is None and not return_probs
+      and jnp.dtype(dtype) != jnp.dtype(F32)):
+    return _recomputed_attention(jnp.dtype(dtype), platform_ops().dot, q, k, v), None
   stream = q.dtype
   logits = einsum("bhqk,bhsk->bhqs", q * (q.shape[-1] ** -0.5), k, dtype).astype(stream)
   if bias is not None:
@@ -335,6 +343,57 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[j
   dropped = probs if dropout is None else dropout(probs)
   out = einsum("bhqs,bhsk->bhqk", dropped, v, dtype).astype(stream)
   return out, (probs.astype(F32) if return_probs else None)
+
+
+def _attention_probs(dtype: Dtype, dot: Callable, q: jax.Array, k: jax.Array,
+                     lse: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+  """(softmax(q k^T / sqrt(Dh)) in q's dtype, each row's log-sum-exp [B, H, Lq] float32); with
+  `lse` given, the probabilities are exp(logits - lse) (the backward pass's recomputation)."""
+  stream = q.dtype
+  logits = dot("bhqk,bhsk->bhqs", (q * (q.shape[-1] ** -0.5)).astype(dtype), k.astype(dtype))
+  logits = logits.astype(stream).astype(F32)  # the scores as `softmax_attention` stores them
+  if lse is not None:
+    return jnp.exp(logits - lse[..., None]).astype(stream), lse
+  top = jnp.max(logits, -1, keepdims=True)
+  unnormalized = jnp.exp(logits - top)
+  total = jnp.sum(unnormalized, -1, keepdims=True)
+  return (unnormalized / total).astype(stream), (top + jnp.log(total))[..., 0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recomputed_attention(dtype: Dtype, dot: Callable, q: jax.Array, k: jax.Array,
+                          v: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(Dh)) v with matmul inputs in `dtype` (below float32) and each of
+  the five products the platform's `dot`; the backward pass recomputes the probabilities."""
+  return _recomputed_attention_fwd(dtype, dot, q, k, v)[0]
+
+
+def _recomputed_attention_fwd(dtype, dot, q, k, v):
+  probs, lse = _attention_probs(dtype, dot, q, k)
+  out = dot("bhqs,bhsk->bhqk", probs.astype(dtype), v.astype(dtype)).astype(q.dtype)
+  return out, (q, k, v, lse)
+
+
+def _recomputed_attention_bwd(dtype, dot, res, g):
+  q, k, v, lse = res
+  stream = q.dtype
+  # The barrier keeps XLA from merging the recomputation with the forward's scores (which
+  # would keep them again).
+  q, k = jax.lax.optimization_barrier((q, k))
+  probs, _ = _attention_probs(dtype, dot, q, k, lse)
+  g_c = g.astype(dtype)
+  # The cotangent first in each product, as `_transpose_specs` orders them (jaxlib's CPU dots).
+  dv = dot("bhqk,bhqs->bhsk", g_c, probs.astype(dtype))
+  dprobs = dot("bhqk,bhsk->bhqs", g_c, v.astype(dtype)).astype(stream).astype(F32)
+  p32 = probs.astype(F32)
+  dlogits = (p32 * (dprobs - jnp.sum(dprobs * p32, -1, keepdims=True))).astype(dtype)
+  scale = q.shape[-1] ** -0.5
+  dq = dot("bhqs,bhsk->bhqk", dlogits, k.astype(dtype)) * scale
+  dk = dot("bhqs,bhqk->bhsk", dlogits, (q * scale).astype(dtype))
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_recomputed_attention.defvjp(_recomputed_attention_fwd, _recomputed_attention_bwd)
 
 
 def identity(x: jax.Array) -> jax.Array:
