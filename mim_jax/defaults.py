@@ -65,7 +65,8 @@ def base(method: str) -> ml_collections.ConfigDict:
   # A student started from a CLIP vision tower (init_from) has CLIP's MLP activation
   # ("quick_gelu"), LayerNorm epsilon (1e-5) and LayerNorm before the first block (pre_norm).
   c.student.act, c.student.ln_eps, c.student.pre_norm = "gelu", 1e-6, False
-  # The student's residual stream and activations between ops (mim_jax/models/layers.py):
+  # The student's (and its pixel decoder's) residual stream and activations between ops
+  # (mim_jax/models/layers.py):
   # "auto" (the matmuls' dtype: bfloat16 on TPU and GPU, float32 on CPU) | "float32" |
   # "bfloat16" (half the HBM traffic of a TPU step's activations and attention scores;
   # LayerNorm and softmax statistics, the final norm, heads and losses stay float32).

@@ -180,3 +180,22 @@ def test_short_run_lowers_the_loss_and_compiles_once():
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4]), losses
   assert run.jitted._cache_size() == 1
+
+
+@pytest.mark.parametrize("precision,stream,want", [
+    ("bfloat16", "auto", jnp.bfloat16), ("float32", "auto", jnp.float32),
+    ("bfloat16", "float32", jnp.float32)])
+def test_the_decoder_streams_as_the_student_does(precision, stream, want):
+  """The pixel decoder's blocks take the student's `student.stream_dtype` ("auto": the
+  matmuls' dtype); its prediction is float32 whatever the stream."""
+  from configs import mae_b16  # pylint: disable=import-outside-toplevel
+  config = mae_b16.get_config("runlocal=True")
+  config.precision, config.student.stream_dtype = precision, stream
+  model = mae.make_model(config)
+  assert model.decoder.stream_dtype == want and model.student.stream_dtype == want
+  x = jnp.zeros((2, 1 + 4, model.student.width))
+  ids_restore = jnp.tile(jnp.arange(model.student.num_patches)[None], (2, 1))
+  params = nn.unbox(model.decoder.init(jax.random.key(0), x, ids_restore))
+  pred, inter = model.decoder.apply(params, x, ids_restore, capture_intermediates=True)
+  assert pred.dtype == jnp.float32
+  assert inter["intermediates"]["block0"]["__call__"][0][0].dtype == want

@@ -56,6 +56,9 @@ class Decoder(nn.Module):
     attn_drop: dropout rate on the attention probabilities, active only when `train`
       (rng stream "dropout").
     dtype: matmul input dtype (parameters stay float32).
+    stream_dtype: the blocks' residual stream and activations (`layers`' docstring; the
+      student's `student.stream_dtype`); the final norm's output, what the prediction reads, is
+      float32 whatever it is.
   """
   grid: tuple[int, int]
   out_dim: int
@@ -65,6 +68,7 @@ class Decoder(nn.Module):
   mlp_dim: int = 2048
   attn_drop: float = 0.0
   dtype: Any = F32
+  stream_dtype: Any = F32
 
   @nn.compact
   def __call__(self, x: jax.Array, ids_restore: jax.Array, *, train: bool = False) -> jax.Array:
@@ -84,7 +88,8 @@ class Decoder(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     for i in range(self.depth):
       x, _ = layers.Block(self.num_heads, self.mlp_dim, attn_drop=self.attn_drop,
-                          dtype=self.dtype, name=f"block{i}")(x, None, not train)
+                          dtype=self.dtype, stream_dtype=self.stream_dtype,
+                          name=f"block{i}")(x, None, not train)
     x = layers.LayerNorm(1e-6, name="norm")(x)
     pred = layers.Dense(self.out_dim, dtype=self.dtype, kernel_axes=("embed", None),
                         name="pred")(x)

@@ -35,9 +35,10 @@ STREAM_DTYPES = ("auto",) + DTYPES  # student.stream_dtype
 
 
 def student_stream_dtype(config: ml_collections.ConfigDict):
-  """The student's residual stream and activations between ops (`models/layers.py`):
-  `student.stream_dtype`, where "auto" follows the matmuls (`compute_dtype`): bfloat16 on a TPU
-  or GPU, float32 on CPU (a hybrid ConvViT's stream is float32 whatever it says)."""
+  """The student's (and its pixel decoder's) residual stream and activations between ops
+  (`models/layers.py`): `student.stream_dtype`, where "auto" follows the matmuls
+  (`compute_dtype`): bfloat16 on a TPU or GPU, float32 on CPU. A hybrid ConvViT's own blocks
+  stay float32 whatever it says (`_check_hybrid_options` refuses "bfloat16" for them)."""
   name = config.student.get("stream_dtype", "auto")
   if name not in STREAM_DTYPES:
     raise ValueError(f"student.stream_dtype must be one of {STREAM_DTYPES}, got {name!r}.")

@@ -157,7 +157,8 @@ def make_decoder(config: ml_collections.ConfigDict, student: ViT) -> Decoder:
   d = config.objective.decoder
   return Decoder(grid=student.grid, out_dim=student.patch * student.patch * 3, width=d.width,
                  depth=d.depth, num_heads=d.heads, mlp_dim=d.mlp_dim, attn_drop=d.attn_drop,
-                 dtype=common.compute_dtype(config))
+                 dtype=common.compute_dtype(config),
+                 stream_dtype=common.student_stream_dtype(config))
 
 
 class MAEModel(nn.Module):
