@@ -214,6 +214,12 @@ def test_vit_only_switches_are_refused_for_a_hybrid():
   with pytest.raises(ValueError, match=r"no rel_pos='shared', scan=True: reset student.rel_pos"):
     common.make_student(c)
   c.student.rel_pos, c.student.scan = "none", False
+  c.student.stream_dtype = "float32"  # what a hybrid's blocks run anyway
+  assert isinstance(common.make_student(c), ConvViT)
+  c.student.stream_dtype = "bfloat16"
+  with pytest.raises(ValueError, match=r"no stream_dtype='bfloat16'"):
+    common.make_student(c)
+  c.student.stream_dtype = "auto"
   c.student.variant = "nano/4"
   with pytest.raises(ValueError, match="stage_skips=True needs a hybrid student"):
     common.make_student(c)

@@ -105,11 +105,11 @@ def _check_hybrid_options(s: ml_collections.ConfigDict) -> None:
   """The ViT-only student switches stay at their defaults for a hybrid student (which has no
   relative position bias, layer scale, BEiT init, scanned blocks or CLIP's activation, epsilon
   and pre-norm): none is ignored silently."""
-  set_ = {k: s.get(k) for k, off in (("rel_pos", "none"), ("layer_scale", None),
-                                     ("weight_init", "mae"), ("scan", False), ("act", "gelu"),
-                                     ("ln_eps", 1e-6), ("pre_norm", False),
-                                     ("stream_dtype", "auto"))
-          if s.get(k, off) != off and not (k == "stream_dtype" and s.get(k) == "float32")}
+  # Each switch with the values that mean "off" for a hybrid (the first is the default).
+  offs = (("rel_pos", ("none",)), ("layer_scale", (None,)), ("weight_init", ("mae",)),
+          ("scan", (False,)), ("act", ("gelu",)), ("ln_eps", (1e-6,)), ("pre_norm", (False,)),
+          ("stream_dtype", ("auto", "float32")))
+  set_ = {k: s.get(k) for k, off in offs if s.get(k, off[0]) not in off}
   if set_:
     raise ValueError(f"student.variant {s.variant!r} is a hybrid ConvViT, which has no "
                      f"{', '.join(f'{k}={v!r}' for k, v in set_.items())}: reset "
